@@ -1,0 +1,2 @@
+"""brain: the edge runtime of a learning robot."""
+__version__ = "0.1.0"

@@ -1,0 +1,419 @@
+"""Configuration: a typed schema, TOML loading, environment overrides and validation.
+
+Sources, later wins: built-in defaults < TOML file (`--config`, else `$BRAIN_CONFIG`, else
+`/etc/brain/brain.toml` when present) < `BRAIN_*` variables < the field plan's `CONTINUON_*`
+variables. Every problem raises `ConfigError` naming the key and where it came from; the CLI
+turns that into one line on stderr and exit code 2.
+
+The schema is plain dataclasses; each field's metadata carries its documentation and bounds, so
+`etc/brain.toml` and the validator cannot drift apart (a test renders one from the other).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+SYSTEM_CONFIG = Path("/etc/brain/brain.toml")
+PROFILES = ("sim", "pi5-donkey")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the key and its source."""
+
+
+def setting(default: Any, doc: str, *, min: float | None = None, max: float | None = None,
+            choices: tuple[Any, ...] | None = None, pattern: str | None = None) -> Any:
+    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "pattern": pattern}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def section(cls: type, doc: str) -> Any:
+    return field(default_factory=cls, metadata={"doc": doc})
+
+
+HEX_COLOUR = r"^(#[0-9a-fA-F]{6})?$"
+
+
+@dataclass
+class SimProfile:
+    drive_hz: int = setting(50, "Control loop rate in Hz.", min=20, max=50)
+    track: str = setting("oval", "Track layout.",
+                         choices=("oval", "rounded-square", "chicane", "hairpin", "figure-s"))
+    road_width_m: float = setting(0.0, "Road width in metres; 0 = the track's own width.",
+                                  min=0.0, max=3.0)
+    road_colour: str = setting("", "Road colour #rrggbb; empty = the track's theme.",
+                               pattern=HEX_COLOUR)
+    line_colour: str = setting("", "Edge line colour #rrggbb; empty = the track's theme.",
+                               pattern=HEX_COLOUR)
+    ground_colour: str = setting("", "Off-road ground colour #rrggbb; empty = the theme.",
+                                 pattern=HEX_COLOUR)
+    lighting: float = setting(1.0, "Scene brightness multiplier.", min=0.2, max=2.0)
+    max_speed_mps: float = setting(2.0, "Car speed at full throttle, m/s.", min=0.2, max=10.0)
+    seed: int = setting(0, "Random seed for start pose noise and sensor noise.", min=0)
+
+
+@dataclass
+class DonkeyProfile:
+    drive_hz: int = setting(50, "Control loop rate in Hz.", min=20, max=50)
+    i2c_bus: int = setting(1, "I2C bus number of the PCA9685 (/dev/i2c-N).", min=0, max=255)
+    pca9685_address: int = setting(0x40, "7-bit I2C address of the PCA9685.", min=0x03, max=0x77)
+    pwm_frequency_hz: int = setting(50, "PWM frequency for the servo and ESC.", min=40, max=400)
+    steering_channel: int = setting(0, "PCA9685 channel of the steering servo.", min=0, max=15)
+    throttle_channel: int = setting(1, "PCA9685 channel of the ESC.", min=0, max=15)
+    steering_left_us: int = setting(2000, "Servo pulse (µs) for full left.", min=500, max=2500)
+    steering_center_us: int = setting(1500, "Servo pulse (µs) for straight ahead.",
+                                      min=500, max=2500)
+    steering_right_us: int = setting(1000, "Servo pulse (µs) for full right.", min=500, max=2500)
+    throttle_reverse_us: int = setting(1000, "ESC pulse (µs) for full reverse.", min=500, max=2500)
+    throttle_neutral_us: int = setting(1500, "ESC pulse (µs) for stop.", min=500, max=2500)
+    throttle_forward_us: int = setting(2000, "ESC pulse (µs) for full forward.", min=500, max=2500)
+    camera: str = setting("picamera2", "Camera driver.", choices=("picamera2", "none"))
+    serial_port: str = setting("", "Serial peripheral device (e.g. /dev/ttyAMA0); empty = none.")
+    serial_baud: int = setting(115200, "Serial peripheral baud rate.", min=1200, max=4000000)
+
+
+@dataclass
+class Profiles:
+    sim: SimProfile = section(SimProfile, "The simulated car (default).")
+    pi5_donkey: DonkeyProfile = section(DonkeyProfile,
+                                        "Raspberry Pi 5 donkey car: servo + ESC on a PCA9685.")
+
+
+@dataclass
+class CameraConfig:
+    width: int = setting(640, "Capture width in pixels.", min=64, max=4096)
+    height: int = setting(480, "Capture height in pixels.", min=48, max=3072)
+    fps: int = setting(30, "Capture rate in frames per second.", min=1, max=120)
+    jpeg_quality: int = setting(75, "JPEG quality for recorded and streamed frames.",
+                                min=10, max=100)
+
+
+@dataclass
+class SafetyConfig:
+    max_steering: float = setting(1.0, "Largest |steering| ever sent (0..1).", min=0.0, max=1.0)
+    max_throttle: float = setting(0.6, "Largest forward throttle ever sent (0..1).",
+                                  min=0.0, max=1.0)
+    max_reverse: float = setting(0.3, "Largest reverse throttle ever sent (0..1).",
+                                 min=0.0, max=1.0)
+    deadman_ms: int = setting(250, "Teleop silence after which the robot goes neutral (ms).",
+                              min=50, max=2000)
+
+
+@dataclass
+class ControlConfig:
+    realtime: bool = setting(True, "Run the control thread SCHED_FIFO when permitted.")
+    rt_priority: int = setting(50, "SCHED_FIFO priority of the control thread.", min=1, max=99)
+    cpu: int = setting(-1, "Pin the control thread to this CPU; -1 = no pinning.",
+                       min=-1, max=1023)
+    switch_interval_ms: float = setting(0.5, "Python GIL switch interval (ms); short keeps "
+                                        "other threads from delaying the loop.",
+                                        min=0.05, max=5.0)
+    watchdog_margin_ticks: int = setting(10, "Ticks the loop may fall behind before the "
+                                         "systemd watchdog is no longer fed.", min=2, max=1000)
+
+
+@dataclass
+class PolicyConfig:
+    model_dir: str = setting("", "Model directory; empty = the active bundle, else the seed.")
+    backend: str = setting("onnxruntime", "Inference backend.",
+                           choices=("onnxruntime", "litert"))
+    threads: int = setting(1, "Inference threads.", min=1, max=8)
+
+
+@dataclass
+class TrainConfig:
+    enable_background: bool = setting(False, "Run the background trainer "
+                                      "(CONTINUON_ENABLE_BACKGROUND_TRAINER).")
+
+
+@dataclass
+class ExportConfig:
+    origin: str = setting("pi5", "Origin tag stamped on export manifests "
+                          "(CONTINUON_EXPORT_ORIGIN).", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass
+class Config:
+    profile: str = setting("sim", "Robot profile.", choices=PROFILES)
+    robot_name: str = setting("brain", "Human-readable robot name.",
+                              pattern=r"^[^\x00-\x1f]{1,63}$")
+    state_dir: str = setting("", "Persistent state; empty = $STATE_DIRECTORY under systemd, "
+                             "else ./var.")
+    runtime_dir: str = setting("", "Control socket directory; empty = $RUNTIME_DIRECTORY "
+                               "under systemd, else <state_dir>/run.")
+    headless: bool = setting(False, "Boot into AUTONOMOUS/ARMED with the policy loaded "
+                             "(CONTINUON_HEADLESS).")
+    log_level: str = setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
+    control: ControlConfig = section(ControlConfig, "The fixed-rate control loop.")
+    safety: SafetyConfig = section(SafetyConfig, "Limits applied to every action.")
+    camera: CameraConfig = section(CameraConfig, "Camera capture.")
+    policy: PolicyConfig = section(PolicyConfig, "Autonomous policy inference.")
+    train: TrainConfig = section(TrainConfig, "On-device training.")
+    export: ExportConfig = section(ExportConfig, "Dataset export.")
+    profiles: Profiles = section(Profiles, "Per-profile hardware settings and calibration.")
+
+    # -- derived ---------------------------------------------------------------------------
+    source: str = field(default="built-in defaults", compare=False,
+                        metadata={"internal": True})
+
+    @property
+    def state_path(self) -> Path:
+        if self.state_dir:
+            return Path(self.state_dir)
+        if os.environ.get("STATE_DIRECTORY"):  # set by systemd's StateDirectory=
+            return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+        return Path("var")
+
+    @property
+    def runtime_path(self) -> Path:
+        if self.runtime_dir:
+            return Path(self.runtime_dir)
+        if os.environ.get("RUNTIME_DIRECTORY"):
+            return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
+        return self.state_path / "run"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.runtime_path / "control.sock"
+
+    @property
+    def drive_hz(self) -> int:
+        return self.active_profile.drive_hz
+
+    @property
+    def active_profile(self) -> SimProfile | DonkeyProfile:
+        return self.profiles.sim if self.profile == "sim" else self.profiles.pi5_donkey
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _toml_name(name: str) -> str:
+    # Python identifiers use '_', TOML keys for profiles use '-' ("pi5-donkey").
+    return "pi5-donkey" if name == "pi5_donkey" else name
+
+
+def schema_fields(cls: type) -> list[tuple[str, dataclasses.Field, Any]]:
+    hints = get_type_hints(cls)
+    return [(f.name, f, hints[f.name]) for f in dataclasses.fields(cls)
+            if not f.metadata.get("internal")]
+
+
+def _is_section(tp: Any) -> bool:
+    return dataclasses.is_dataclass(tp)
+
+
+def _check_value(key: str, value: Any, tp: Any, meta: Mapping[str, Any], source: str) -> Any:
+    where = f"{key} (in {source})"
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{where}: {value!r} is below the minimum {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{where}: {value!r} is above the maximum {hi}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+    pattern = meta.get("pattern")
+    if pattern and not re.match(pattern, value):
+        raise ConfigError(f"{where}: {value!r} is not a valid value")
+    return value
+
+
+def _apply(obj: Any, data: Mapping[str, Any], prefix: str, source: str) -> None:
+    fields = {_toml_name(name): (name, f, tp) for name, f, tp in schema_fields(type(obj))}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{dotted} (in {source}): unknown key; known keys here: {known}")
+        name, f, tp = fields[key]
+        if _is_section(tp):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{dotted} (in {source}): expected a table [{dotted}]")
+            _apply(getattr(obj, name), value, dotted + ".", source)
+        else:
+            setattr(obj, name, _check_value(dotted, value, tp, f.metadata, source))
+
+
+def _parse_env(var: str, raw: str, tp: Any) -> Any:
+    if tp is bool:
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{var}: expected 1/0 or true/false, got {raw!r}")
+    if tp is int:
+        try:
+            return int(raw, 0)
+        except ValueError:
+            raise ConfigError(f"{var}: expected an integer, got {raw!r}") from None
+    if tp is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{var}: expected a number, got {raw!r}") from None
+    return raw
+
+
+def env_settings(cls: type = Config, prefix: str = "") -> dict[str, tuple[str, Any]]:
+    """Map every BRAIN_* variable name to (dotted key, type): BRAIN_SAFETY_MAX_THROTTLE ->
+    safety.max_throttle, BRAIN_PROFILES_PI5_DONKEY_I2C_BUS -> profiles.pi5-donkey.i2c_bus."""
+    out: dict[str, tuple[str, Any]] = {}
+    for name, _f, tp in schema_fields(cls):
+        dotted = prefix + _toml_name(name)
+        if _is_section(tp):
+            out.update(env_settings(tp, dotted + "."))
+        else:
+            var = "BRAIN_" + re.sub(r"[^A-Za-z0-9]", "_", dotted).upper()
+            out[var] = (dotted, tp)
+    return out
+
+
+# The field plan's names, honoured as they are.
+CONTINUON_VARS = {
+    "CONTINUON_HEADLESS": "headless",
+    "CONTINUON_ENABLE_BACKGROUND_TRAINER": "train.enable_background",
+    "CONTINUON_EXPORT_ORIGIN": "export.origin",
+}
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    parts = dotted.split(".")
+    out: dict[str, Any] = {parts[-1]: value}
+    for p in reversed(parts[:-1]):
+        out = {p: out}
+    return out
+
+
+def _types_by_key() -> dict[str, Any]:
+    return {dotted: tp for dotted, tp in env_settings().values()}
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """Build the effective configuration. `overrides` (dotted keys) come from CLI flags."""
+    env = os.environ if env is None else env
+    cfg = Config()
+    if path is None and env.get("BRAIN_CONFIG"):
+        path = env["BRAIN_CONFIG"]
+    if path is None and SYSTEM_CONFIG.is_file():
+        path = SYSTEM_CONFIG
+    if path is not None:
+        p = Path(path)
+        try:
+            with p.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: configuration file not found") from None
+        except PermissionError:
+            raise ConfigError(f"{p}: permission denied reading the configuration") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        _apply(cfg, data, "", str(p))
+        cfg.source = str(p)
+    known = env_settings()
+    for var, raw in sorted(env.items()):
+        if var in ("BRAIN_CONFIG",) or not var.startswith("BRAIN_"):
+            continue
+        if var not in known:
+            continue  # other BRAIN_* variables (test hooks, tool settings) are not config keys
+        dotted, tp = known[var]
+        _apply(cfg, _nest(dotted, _parse_env(var, raw, tp)), "", f"environment {var}")
+    types = _types_by_key()
+    for var, dotted in CONTINUON_VARS.items():
+        if var in env:
+            value = _parse_env(var, env[var], types[dotted])
+            _apply(cfg, _nest(dotted, value), "", f"environment {var}")
+    for dotted, value in (overrides or {}).items():
+        _apply(cfg, _nest(dotted, value), "", "command line")
+    _cross_checks(cfg)
+    return cfg
+
+
+def _cross_checks(cfg: Config) -> None:
+    d = cfg.profiles.pi5_donkey
+    if d.steering_channel == d.throttle_channel:
+        raise ConfigError(f"profiles.pi5-donkey.throttle_channel (in {cfg.source}): "
+                          f"same channel as steering_channel ({d.steering_channel})")
+    if not (d.throttle_reverse_us < d.throttle_neutral_us < d.throttle_forward_us
+            or d.throttle_reverse_us > d.throttle_neutral_us > d.throttle_forward_us):
+        raise ConfigError(f"profiles.pi5-donkey.throttle_neutral_us (in {cfg.source}): must lie "
+                          "between throttle_reverse_us and throttle_forward_us")
+    lo, c, hi = d.steering_left_us, d.steering_center_us, d.steering_right_us
+    if not (lo < c < hi or lo > c > hi):
+        raise ConfigError(f"profiles.pi5-donkey.steering_center_us (in {cfg.source}): must lie "
+                          "between steering_left_us and steering_right_us")
+
+
+def config_as_dict(cfg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, _f, tp in schema_fields(type(cfg)):
+        value = getattr(cfg, name)
+        out[_toml_name(name)] = config_as_dict(value) if _is_section(tp) else value
+    return out
+
+
+def render_toml(cfg_cls: type = Config) -> str:
+    """The documented default configuration (what `etc/brain.toml` holds)."""
+    lines = ["# brain configuration. Every key is optional; shown here with its default.",
+             "# Environment variables override it: BRAIN_<SECTION>_<KEY> "
+             "(e.g. BRAIN_SAFETY_MAX_THROTTLE=0.4),",
+             "# and the field plan's CONTINUON_HEADLESS, CONTINUON_ENABLE_BACKGROUND_TRAINER,",
+             "# CONTINUON_EXPORT_ORIGIN. Check a file with: brain config check --config FILE", ""]
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return repr(v)
+
+    def emit(cls: type, obj: Any, prefix: str) -> None:
+        scalars = [(n, f, t) for n, f, t in schema_fields(cls) if not _is_section(t)]
+        for name, f, _tp in scalars:
+            m = f.metadata
+            extra = []
+            if m.get("min") is not None or m.get("max") is not None:
+                extra.append(f"range {m.get('min')}..{m.get('max')}")
+            if m.get("choices"):
+                extra.append("one of " + ", ".join(map(str, m["choices"])))
+            tail = f" ({'; '.join(extra)})" if extra else ""
+            lines.append(f"# {m['doc']}{tail}")
+            lines.append(f"{_toml_name(name)} = {fmt(getattr(obj, name))}")
+        for name, f, tp in schema_fields(cls):
+            if _is_section(tp):
+                table = prefix + _toml_name(name)
+                sub = getattr(obj, name)
+                if any(not _is_section(t) for _, _, t in schema_fields(tp)):
+                    lines.append("")
+                    lines.append(f"# {f.metadata['doc']}")
+                    lines.append(f"[{table}]")
+                emit(tp, sub, table + ".")
+
+    emit(cfg_cls, cfg_cls(), "")
+    return "\n".join(lines) + "\n"

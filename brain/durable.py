@@ -1,0 +1,50 @@
+"""Durable file writes: the one recipe used wherever state changes on disk.
+
+Write a temp file in the same directory, flush, fsync, os.replace over the target, fsync the
+directory. A SIGKILL at any instruction leaves either the old or the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(target.parent)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, mode: int = 0o644) -> None:
+    data = json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n"
+    atomic_write_bytes(path, data, mode)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    with open(path, "rb") as fh:
+        return json.load(fh)

@@ -1,0 +1,131 @@
+"""The one robot interface every body (simulated or real) implements.
+
+The control loop sees only this: specs, connect/read/write/neutral/close. Drivers raise
+`RobotError` subclasses with a message that names the bus, address or path that failed, so
+the daemon can print one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class RobotError(RuntimeError):
+    """A robot could not be reached or driven; the message names the device."""
+
+
+class DeviceNotFound(RobotError):
+    """A configured device (I2C bus, chip address, camera, serial port) is absent."""
+
+
+@dataclass(frozen=True)
+class Action:
+    """Normalised command: steering -1 (full left) .. +1 (full right); throttle -1 .. +1."""
+
+    steering: float = 0.0
+    throttle: float = 0.0
+
+    def as_tuple(self) -> tuple[float, float]:
+        return (self.steering, self.throttle)
+
+
+NEUTRAL = Action(0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One camera image, RGB uint8 HxWx3, with its capture time on the monotonic clock."""
+
+    image: np.ndarray
+    t_capture: float  # time.monotonic() seconds at capture (exposure midpoint if known)
+    seq: int  # capture sequence number; gaps mean dropped frames
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the loop reads each tick."""
+
+    t: float  # time.monotonic() at read
+    state: np.ndarray  # float32 vector described by RobotSpec.state_names
+    frame: Frame | None  # latest camera frame (may be older than this tick)
+    info: dict[str, float] = field(default_factory=dict)  # ground truth etc. (simulator)
+
+
+@dataclass(frozen=True)
+class RobotSpec:
+    """Observation and action specs of a body."""
+
+    name: str
+    state_names: tuple[str, ...]
+    action_names: tuple[str, ...] = ("steering", "throttle")
+    image_shape: tuple[int, int, int] = (480, 640, 3)  # H, W, C of camera frames
+    camera_fps: float = 30.0
+
+
+class Robot(abc.ABC):
+    """A body the control loop can drive. All methods are called from the loop thread,
+    except `latest_frame`, which any thread may call."""
+
+    spec: RobotSpec
+
+    @abc.abstractmethod
+    def connect(self) -> None:
+        """Open devices and bring actuators to neutral. Raises DeviceNotFound naming the device."""
+
+    @abc.abstractmethod
+    def read(self) -> Observation:
+        """Latest state and camera frame. Must not block on the camera."""
+
+    @abc.abstractmethod
+    def write(self, action: Action) -> None:
+        """Apply an (already clamped) action."""
+
+    def neutral(self) -> None:
+        """Bring actuators to neutral (steering centre, throttle stop)."""
+        self.write(NEUTRAL)
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Neutral, then release devices. Safe to call twice and after a failed connect."""
+
+    def latest_frame(self) -> Frame | None:
+        """The newest camera frame, or None when no camera runs."""
+        return None
+
+
+class FrameSlot:
+    """Single-slot, latest-wins hand-off of frames from a capture thread to readers.
+
+    Readers never wait; a writer never blocks on a reader. Swapping one reference under a lock
+    is enough: frames are immutable once published.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._frame: Frame | None = None
+        self._cond = threading.Condition(self._lock)
+
+    def publish(self, frame: Frame) -> None:
+        with self._cond:
+            self._frame = frame
+            self._cond.notify_all()
+
+    def latest(self) -> Frame | None:
+        with self._lock:
+            return self._frame
+
+    def wait_newer(self, seq: int, timeout: float) -> Frame | None:
+        """Block until a frame with seq > `seq` is published (for consumers like the recorder)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._frame is None or self._frame.seq <= seq:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            return self._frame

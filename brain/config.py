@@ -142,6 +142,31 @@ class ExportConfig:
 
 
 @dataclass
+class RecorderConfig:
+    min_free_mb: int = setting(512, "Refuse to start, or stop, an episode below this much free "
+                               "disk in the state dir (MiB).", min=16, max=1_000_000)
+    fsync_interval_ms: int = setting(500, "Longest time recorded steps stay unsynced (ms).",
+                                     min=50, max=1000)
+    max_episode_s: int = setting(600, "Stop an episode automatically after this long (s).",
+                                 min=1, max=86400)
+    operator: str = setting("", "Default operator name stamped on episodes (anonymisable).")
+
+
+@dataclass
+class ApiConfig:
+    enabled: bool = setting(True, "Serve the HTTP API and the web teleop page.")
+    host: str = setting("127.0.0.1", "Address to bind; 0.0.0.0 on the robot.")
+    port: int = setting(8080, "TCP port (8443 on the robot).", min=1, max=65535)
+    tls: bool = setting(False, "Force HTTPS even on loopback (always on for other bindings).")
+    mdns: bool = setting(True, "Advertise the robot with mDNS/zeroconf.")
+    mdns_interfaces: str = setting("", "Comma-separated interface addresses to advertise on; "
+                                   "empty = loopback when bound to loopback, else all.")
+    pairing_code_ttl_s: int = setting(300, "How long a pairing code stays valid (s).",
+                                      min=30, max=3600)
+    camera_fps: int = setting(10, "Frame-rate cap of the MJPEG live view.", min=1, max=30)
+
+
+@dataclass
 class Config:
     profile: str = setting("sim", "Robot profile.", choices=PROFILES)
     robot_name: str = setting("brain", "Human-readable robot name.",
@@ -159,6 +184,8 @@ class Config:
     policy: PolicyConfig = section(PolicyConfig, "Autonomous policy inference.")
     train: TrainConfig = section(TrainConfig, "On-device training.")
     export: ExportConfig = section(ExportConfig, "Dataset export.")
+    recorder: RecorderConfig = section(RecorderConfig, "Episode recording.")
+    api: ApiConfig = section(ApiConfig, "HTTP API, pairing and LAN discovery.")
     profiles: Profiles = section(Profiles, "Per-profile hardware settings and calibration.")
 
     # -- derived ---------------------------------------------------------------------------

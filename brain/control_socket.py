@@ -82,7 +82,8 @@ class ControlServer:
 
     def dispatch(self, request: Any) -> dict[str, Any]:
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-            return {"ok": False, "error": "malformed request: expected {\"cmd\": ..., \"args\": {}}"}
+            return {"ok": False,
+                    "error": "malformed request: expected {\"cmd\": ..., \"args\": {}}"}
         args = request.get("args") or {}
         if not isinstance(args, dict):
             return {"ok": False, "error": "malformed request: args must be an object"}

@@ -72,6 +72,9 @@ class Robot(abc.ABC):
     except `latest_frame`, which any thread may call."""
 
     spec: RobotSpec
+    # Where the camera thread publishes frames (None without a camera). The policy thread and the
+    # recorder wait on it; the loop reads `latest_frame()`.
+    frames: FrameSlot | None = None
 
     @abc.abstractmethod
     def connect(self) -> None:
@@ -95,7 +98,7 @@ class Robot(abc.ABC):
 
     def latest_frame(self) -> Frame | None:
         """The newest camera frame, or None when no camera runs."""
-        return None
+        return self.frames.latest() if self.frames is not None else None
 
 
 class FrameSlot:

@@ -1,0 +1,216 @@
+"""The fixed-rate control loop.
+
+Absolute deadlines: tick k is due at t0 + k*period on the monotonic clock, so timing errors never
+accumulate (a relative sleep(period) loop drifts by its own execution time every tick). Each tick:
+read the robot, pick the action the mode allows, clamp it, write it, hand the step to the sinks
+(recorder). Lateness (wake-up minus deadline) and duration go into histograms; a tick that ends
+after the next deadline is an overrun, and deadlines already missed are skipped and counted, never
+silently absorbed by a burst of catch-up ticks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from brain.control.histogram import LatencyHistogram
+from brain.control.modes import Mode, ModeMachine
+from brain.control.rt import configure_control_thread
+from brain.control.safety import SafetyLimits
+from brain.hardware.robot import NEUTRAL, Action, Observation, Robot
+
+log = logging.getLogger(__name__)
+
+# Called on the loop thread with (observation, applied action, source). Must be O(1): no I/O.
+StepSink = Callable[[Observation, Action, str], None]
+# Called on the loop thread before the action is chosen (e.g. a scripted teleoperator).
+PreTick = Callable[[Observation], None]
+
+MAX_WRITE_ERRORS = 3
+
+
+@dataclass
+class LoopStats:
+    ticks: int = 0
+    overruns: int = 0
+    missed_ticks: int = 0
+    errors: int = 0
+    started_at: float = 0.0  # monotonic time of the first deadline
+    last_tick: float = 0.0  # monotonic time the last tick finished
+    first_start: float = 0.0  # monotonic time the first tick started
+    last_start: float = 0.0  # monotonic time the last tick started
+    lateness: LatencyHistogram = field(default_factory=LatencyHistogram)
+    duration: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+class ControlLoop:
+    def __init__(self, robot: Robot, modes: ModeMachine, limits: SafetyLimits, hz: float, *,
+                 policy: Any = None, realtime: bool = False, rt_priority: int = 50,
+                 cpu: int = -1, watchdog_margin_ticks: int = 10) -> None:
+        self.robot = robot
+        self.modes = modes
+        self.limits = limits
+        self.hz = float(hz)
+        self.period = 1.0 / self.hz
+        self.policy = policy  # PolicyRunner or None
+        self.realtime, self.rt_priority, self.cpu = realtime, rt_priority, cpu
+        self.watchdog_margin_s = watchdog_margin_ticks * self.period
+        self.stats = LoopStats()
+        self.sinks: list[StepSink] = []
+        self.pre_tick: list[PreTick] = []
+        self.last_action: Action = NEUTRAL
+        self.last_source = "idle"
+        self.last_obs: Observation | None = None
+        self.thread_notes: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stall_s = 0.0  # test hook: block the loop thread this long on the next tick
+        self._write_errors = 0
+        self.fatal: BaseException | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="control-loop", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait_first_tick(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.stats.ticks == 0 and time.monotonic() < deadline:
+            if self._thread is not None and not self._thread.is_alive():
+                return False
+            time.sleep(0.005)
+        return self.stats.ticks > 0
+
+    def stall(self, seconds: float) -> None:
+        """Test hook: make the loop thread hang (simulates a stuck driver)."""
+        self._stall_s = float(seconds)
+
+    # -- health ------------------------------------------------------------------------------
+    def on_time(self, now: float | None = None) -> bool:
+        """True while the loop keeps ticking: the watchdog is fed only then."""
+        now = time.monotonic() if now is None else now
+        return self.running and self.stats.ticks > 0 and \
+            now - self.stats.last_tick <= self.watchdog_margin_s
+
+    def status(self) -> dict[str, Any]:
+        s = self.stats
+        now = time.monotonic()
+        wall_elapsed = s.last_start - s.first_start if s.ticks > 1 else 0.0
+        # Achieved rate over the ticks actually run: a drifting loop reads below target.
+        measured = (s.ticks - 1) / wall_elapsed if wall_elapsed > 0 else 0.0
+        return {
+            "target_hz": self.hz,
+            "rate_hz": round(measured, 4),
+            "ticks": s.ticks,
+            "lateness_ms": s.lateness.summary_ms(),
+            "duration_ms": s.duration.summary_ms(),
+            "overruns": s.overruns,
+            "missed_ticks": s.missed_ticks,
+            "errors": s.errors,
+            "on_time": self.on_time(now),
+            "action": {"steering": round(self.last_action.steering, 4),
+                       "throttle": round(self.last_action.throttle, 4),
+                       "source": self.last_source},
+            "thread": self.thread_notes,
+        }
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        self.thread_notes = configure_control_thread(self.realtime, self.rt_priority, self.cpu)
+        log.info("control loop at %g Hz: %s", self.hz, "; ".join(self.thread_notes) or "default")
+        period = self.period
+        t0 = time.monotonic() + period
+        self.stats.started_at = t0
+        k = 0
+        try:
+            while not self._stop.is_set():
+                deadline = t0 + k * period
+                now = time.monotonic()
+                if deadline > now:
+                    time.sleep(deadline - now)
+                    now = time.monotonic()
+                self.stats.lateness.add(now - deadline)
+                self.stats.last_start = now
+                if k == 0:
+                    self.stats.first_start = now
+                self._tick(now)
+                end = time.monotonic()
+                self.stats.duration.add(end - now)
+                self.stats.ticks += 1
+                self.stats.last_tick = end
+                k += 1
+                next_deadline = t0 + k * period
+                if end > next_deadline:
+                    self.stats.overruns += 1
+                    behind = int((end - next_deadline) / period)
+                    if behind:
+                        # Deadlines wholly in the past are skipped (and counted) rather than
+                        # run back to back: a burst of stale ticks helps nobody.
+                        self.stats.missed_ticks += behind
+                        k += behind
+        except BaseException as e:  # the loop must never die silently
+            self.fatal = e
+            log.critical("control loop crashed: %r", e, exc_info=True)
+        finally:
+            self._safe_neutral()
+
+    def _tick(self, now: float) -> None:
+        if self._stall_s:
+            stall, self._stall_s = self._stall_s, 0.0
+            log.warning("test hook: stalling the control loop for %.1f s", stall)
+            time.sleep(stall)
+        try:
+            obs = self.robot.read()
+        except Exception as e:
+            self._fault(f"robot read failed: {e}")
+            return
+        self.last_obs = obs
+        for hook in self.pre_tick:
+            hook(obs)
+        policy_action = self.policy.latest(obs.t) if self.policy is not None else None
+        raw, source = self.modes.select(obs.t, policy_action)
+        action = self.limits.clamp(raw)
+        try:
+            self.robot.write(action)
+            self._write_errors = 0
+        except Exception as e:
+            self._write_errors += 1
+            self._fault(f"robot write failed: {e}")
+            action, source = NEUTRAL, "fault"
+        self.last_action, self.last_source = action, source
+        for sink in self.sinks:
+            try:
+                sink(obs, action, source)
+            except Exception:
+                self.stats.errors += 1
+                log.exception("step sink failed")
+
+    def _fault(self, reason: str) -> None:
+        self.stats.errors += 1
+        if self.modes.mode is not Mode.ESTOP:
+            log.error("%s: latching e-stop", reason)
+            try:
+                self.modes.estop(reason)
+            except ValueError:
+                pass
+        self._safe_neutral()
+
+    def _safe_neutral(self) -> None:
+        try:
+            self.robot.neutral()
+        except Exception as e:
+            log.error("could not set actuators neutral: %s", e)
+        self.last_action = NEUTRAL

@@ -1,0 +1,130 @@
+"""The safety state machine: which source may move the robot, and when.
+
+    IDLE --manual--> MANUAL --arm--> ARMED --drive--> DRIVING
+      ^                 |              |                |
+      +------idle-------+------idle----+------idle------+
+    any --estop--> ESTOP (latched) --reset--> IDLE
+
+IDLE, ARMED and ESTOP hold the actuators neutral (ARMED still runs the policy so the first
+DRIVING tick has a fresh output). MANUAL applies teleop commands that are younger than the
+deadman; DRIVING applies the policy. ESTOP can only be left by an explicit reset.
+
+Requests come from other threads (control socket, API); the loop thread reads the mode once per
+tick. A lock guards transitions; reads of `mode` are a single attribute load.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass
+
+from brain.hardware.robot import NEUTRAL, Action
+
+
+class Mode(enum.Enum):
+    IDLE = "idle"
+    MANUAL = "manual"
+    ARMED = "autonomous_armed"
+    DRIVING = "autonomous_driving"
+    ESTOP = "estop"
+
+    @property
+    def family(self) -> str:
+        return {"idle": "IDLE", "manual": "MANUAL", "autonomous_armed": "AUTONOMOUS",
+                "autonomous_driving": "AUTONOMOUS", "estop": "ESTOP"}[self.value]
+
+
+class ModeError(ValueError):
+    """A refused mode transition; the message says why."""
+
+
+# request -> (allowed source modes, target)
+_TRANSITIONS: dict[str, tuple[frozenset[Mode], Mode]] = {
+    "idle": (frozenset({Mode.IDLE, Mode.MANUAL, Mode.ARMED, Mode.DRIVING}), Mode.IDLE),
+    "manual": (frozenset({Mode.IDLE, Mode.MANUAL, Mode.ARMED, Mode.DRIVING}), Mode.MANUAL),
+    "arm": (frozenset({Mode.IDLE, Mode.MANUAL, Mode.ARMED, Mode.DRIVING}), Mode.ARMED),
+    "drive": (frozenset({Mode.ARMED, Mode.DRIVING}), Mode.DRIVING),
+    "estop": (frozenset(Mode), Mode.ESTOP),
+    "reset": (frozenset({Mode.ESTOP}), Mode.IDLE),
+}
+REQUESTS = tuple(_TRANSITIONS)
+
+
+@dataclass(frozen=True)
+class TeleopCommand:
+    action: Action
+    t: float  # monotonic time received
+    source: str
+
+
+class ModeMachine:
+    def __init__(self, deadman_s: float, policy_available: bool = False) -> None:
+        self.deadman_s = deadman_s
+        self.policy_available = policy_available
+        self._lock = threading.Lock()
+        self.mode = Mode.IDLE
+        self.estop_reason = ""
+        self._teleop: TeleopCommand | None = None
+        self.transitions = 0
+
+    def request(self, name: str, reason: str = "") -> Mode:
+        """Apply a named transition (idle, manual, arm, drive, estop, reset) or raise ModeError."""
+        if name not in _TRANSITIONS:
+            raise ModeError(f"unknown mode request {name!r}; expected one of {', '.join(REQUESTS)}")
+        allowed, target = _TRANSITIONS[name]
+        with self._lock:
+            current = self.mode
+            if current not in allowed:
+                if current is Mode.ESTOP:
+                    raise ModeError(f"e-stop is latched ({self.estop_reason or 'no reason given'})"
+                                    "; send 'reset' first")
+                if name == "drive":
+                    raise ModeError(f"cannot drive from {current.value}: arm first")
+                raise ModeError(f"cannot {name} from {current.value}")
+            if target in (Mode.ARMED, Mode.DRIVING) and not self.policy_available:
+                raise ModeError("no policy is loaded; autonomous mode is unavailable")
+            if target is Mode.ESTOP:
+                self.estop_reason = reason or "requested"
+            elif target is Mode.IDLE and current is Mode.ESTOP:
+                self.estop_reason = ""
+            if target is not Mode.MANUAL:
+                self._teleop = None  # a stale command must never drive after re-entering MANUAL
+            if target is not current:
+                self.transitions += 1
+            self.mode = target
+            return target
+
+    def estop(self, reason: str) -> None:
+        self.request("estop", reason)
+
+    def teleop(self, steering: float, throttle: float, source: str, now: float) -> bool:
+        """Store a teleop command (refreshing the deadman). Returns False when not in MANUAL."""
+        cmd = TeleopCommand(Action(float(steering), float(throttle)), now, source)
+        with self._lock:
+            if self.mode is not Mode.MANUAL:
+                return False
+            self._teleop = cmd
+            return True
+
+    def release(self, source: str) -> None:
+        """A teleop client went away: drop its command so the robot is neutral now."""
+        with self._lock:
+            if self._teleop is not None and self._teleop.source == source:
+                self._teleop = None
+
+    def select(self, now: float, policy_action: Action | None) -> tuple[Action, str]:
+        """Loop thread: the (unclamped) action for this tick and where it came from."""
+        mode = self.mode
+        if mode is Mode.MANUAL:
+            cmd = self._teleop
+            if cmd is None:
+                return NEUTRAL, "manual:none"
+            if now - cmd.t > self.deadman_s:
+                return NEUTRAL, "manual:deadman"
+            return cmd.action, "manual"
+        if mode is Mode.DRIVING:
+            if policy_action is None:
+                return NEUTRAL, "policy:none"
+            return policy_action, "policy"
+        return NEUTRAL, mode.value

@@ -1,0 +1,212 @@
+"""Policy inference: backends behind one interface, pre/post-processing, and the policy thread.
+
+The policy runs on its own thread, once per new camera frame, and publishes its latest output with
+the capture time of the frame it came from. The control loop only reads that output (an attribute
+load), so inference time never becomes loop lateness; onnxruntime and numpy release the GIL while
+they compute. An output older than `max_age_s` is treated as no output (neutral), so a stalled
+camera or policy can never keep the car driving on an old command.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from brain.control.model import ModelError, ModelSpec, load_spec
+from brain.hardware.robot import Action, Frame
+
+log = logging.getLogger(__name__)
+
+
+class Backend(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """x: float32 NCHW batch -> float32 (N, 2) [steering, throttle]."""
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, spec: ModelSpec, threads: int = 1) -> None:
+        import onnxruntime as ort  # imported here: only a daemon with a policy pays for it
+
+        path = spec.file_for(self.name)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ModelError(f"{path}: onnxruntime cannot load it: {e}") from None
+        self.input_name = spec.input_name
+        self.output_name = spec.output_name
+        names = [i.name for i in self.session.get_inputs()]
+        if self.input_name not in names:
+            raise ModelError(f"{path}: no input named {self.input_name!r} (has {names})")
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+
+class LiteRtBackend(Backend):
+    """`.tflite` models through LiteRT (ai-edge-litert), else tflite-runtime."""
+
+    name = "litert"
+
+    def __init__(self, spec: ModelSpec, threads: int = 1) -> None:
+        path = spec.file_for(self.name)
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            try:
+                from tflite_runtime.interpreter import Interpreter
+            except ImportError:
+                raise ModelError("the litert backend needs `pip install brain[tflite]` "
+                                 "(ai-edge-litert or tflite-runtime)") from None
+        self.interp = Interpreter(model_path=str(path), num_threads=threads)
+        self.interp.allocate_tensors()
+        self.inp = self.interp.get_input_details()[0]
+        self.out = self.interp.get_output_details()[0]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.interp.set_tensor(self.inp["index"], x.astype(self.inp["dtype"]))
+        self.interp.invoke()
+        return np.asarray(self.interp.get_tensor(self.out["index"]), dtype=np.float32)
+
+
+BACKENDS: dict[str, type[Backend]] = {"onnxruntime": OnnxRuntimeBackend, "litert": LiteRtBackend}
+
+
+def downscale(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Area-average an HxWx3 uint8 image to height x width (float32, 0..255).
+
+    Repeated 2x2 box averaging in uint16 while the size halves exactly (640x480 -> 80x60 is three
+    halvings, ~1 ms), then nearest sampling for any remaining non-power-of-two ratio.
+    """
+    x = image
+    while x.shape[0] >= 2 * height and x.shape[1] >= 2 * width and \
+            x.shape[0] % 2 == 0 and x.shape[1] % 2 == 0:
+        x16 = x.astype(np.uint16)
+        x16 = x16[0::2] + x16[1::2]
+        x16 = x16[:, 0::2] + x16[:, 1::2]
+        x = ((x16 + 2) >> 2).astype(np.uint8)
+    if x.shape[0] != height or x.shape[1] != width:
+        rows = (np.arange(height) * x.shape[0] // height)
+        cols = (np.arange(width) * x.shape[1] // width)
+        x = x[rows][:, cols]
+    return x.astype(np.float32)
+
+
+def preprocess(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """HxWx3 uint8 RGB -> 1x3xhxw float32 in 0..1 (the layout the seed policy was trained on)."""
+    small = downscale(image, spec.input_width, spec.input_height)
+    return np.ascontiguousarray(small.transpose(2, 0, 1)[None] * (1.0 / 255.0), dtype=np.float32)
+
+
+def postprocess(y: np.ndarray) -> Action:
+    y = np.asarray(y, dtype=np.float32).reshape(-1)
+    if y.shape[0] < 2:
+        raise ModelError(f"policy output has {y.shape[0]} values, expected 2")
+    return Action(float(np.clip(y[0], -1.0, 1.0)), float(np.clip(y[1], -1.0, 1.0)))
+
+
+class Policy:
+    """A loaded model: spec + backend; `act(image)` runs pre-process, inference, post-process."""
+
+    def __init__(self, spec: ModelSpec, backend: Backend) -> None:
+        self.spec = spec
+        self.backend = backend
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def act(self, image: np.ndarray) -> Action:
+        return postprocess(self.backend.run(preprocess(image, self.spec)))
+
+
+def load_policy(model_dir: str, backend: str = "onnxruntime", threads: int = 1) -> Policy:
+    spec = load_spec(model_dir)
+    if backend not in BACKENDS:
+        raise ModelError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    return Policy(spec, BACKENDS[backend](spec, threads))
+
+
+@dataclass(frozen=True)
+class PolicyOutput:
+    action: Action
+    t_frame: float  # capture time of the frame it was computed from
+    t_done: float  # when inference finished
+    frame_seq: int
+    infer_s: float
+
+
+class PolicyRunner:
+    """Runs a policy on every new frame from `frame_source` (a FrameSlot) in its own thread."""
+
+    def __init__(self, policy: Policy, frame_source: Any, max_age_s: float = 0.25) -> None:
+        self.policy = policy
+        self.frame_source = frame_source
+        self.max_age_s = max_age_s
+        self.output: PolicyOutput | None = None
+        self.enabled = threading.Event()
+        self.errors = 0
+        self.inferences = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="policy", daemon=True)
+        self._swap_lock = threading.Lock()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+    def swap(self, policy: Policy) -> None:
+        """Hot-swap the model (OTA); the next frame uses it, the old output is dropped."""
+        with self._swap_lock:
+            self.policy = policy
+            self.output = None
+
+    def latest(self, now: float) -> Action | None:
+        """Loop thread: the newest output if fresh enough, else None (treated as neutral)."""
+        out = self.output
+        if out is None or now - out.t_frame > self.max_age_s:
+            return None
+        return out.action
+
+    def _run(self) -> None:
+        seq = -1
+        while not self._stop.is_set():
+            if not self.enabled.wait(timeout=0.1):
+                continue
+            frame: Frame | None = self.frame_source.wait_newer(seq, timeout=0.1)
+            if frame is None:
+                continue
+            seq = frame.seq
+            with self._swap_lock:
+                policy = self.policy
+            t0 = time.perf_counter()
+            try:
+                action = policy.act(frame.image)
+            except Exception:
+                self.errors += 1
+                if self.errors <= 3 or self.errors % 100 == 0:
+                    log.exception("policy inference failed (%d so far)", self.errors)
+                self.output = None
+                continue
+            dt = time.perf_counter() - t0
+            self.inferences += 1
+            self.output = PolicyOutput(action, frame.t_capture, time.monotonic(), frame.seq, dt)

@@ -1,0 +1,58 @@
+# brain — developer entry points. `make run` and `make test` work on a fresh clone: they create
+# .venv on first use (torch is held to the local CPU build by constraints.txt).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP_INSTALL := $(BIN)/pip install -q -c constraints.txt
+PREFIX ?= /opt/brain
+DESTDIR ?=
+SECONDS_BENCH ?= 60
+
+.PHONY: run test test-unit test-interop bench lint seed install uninstall clean help
+
+help:
+	@echo "make run           the daemon on the simulated robot (http://127.0.0.1:8080/)"
+	@echo "make test          the whole test suite (unit, integration, interop, browser)"
+	@echo "make bench         the performance benchmarks in bench/ (SECONDS_BENCH=$(SECONDS_BENCH))"
+	@echo "make lint          ruff + mypy"
+	@echo "make seed          retrain the seed policy in brain/models/seed (torch)"
+	@echo "make install       install on a robot (root; DESTDIR and PREFIX honoured)"
+	@echo "make uninstall     remove it again (data kept unless PURGE=1)"
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(PIP_INSTALL) -e '.[pi,train,dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/brain run --sim
+
+test: test-unit test-interop
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-interop: $(STAMP)
+	bash tests/interop/run.sh
+
+bench: $(STAMP)
+	$(BIN)/python bench/loop.py --seconds $(SECONDS_BENCH)
+
+lint: $(STAMP)
+	$(BIN)/ruff check brain tools tests bench
+	$(BIN)/mypy brain
+
+seed: $(STAMP)
+	$(BIN)/python tools/train_seed.py --out brain/models/seed
+
+install:
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" bash scripts/install.sh
+
+uninstall:
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" bash scripts/uninstall.sh
+
+clean:
+	rm -rf $(VENV) .venv-interop var build *.egg-info

@@ -1,0 +1,183 @@
+"""Control-loop timing on the simulator, with policy inference, under load.
+
+For each condition the daemon's own loop (absolute deadlines, SCHED_FIFO when permitted) runs for
+--seconds, then a naive `sleep(period)` loop doing the same work runs under the same condition as
+the baseline. Printed per run: lateness p50/p99/max against the ideal schedule, overruns, achieved
+rate and how far behind schedule the loop ended.
+
+Conditions: idle (camera off), hog (a CPU-hog process; --hogs N for more), camera (simulated
+camera at the configured fps with the policy driving), camera+hog (both: the issue's gate).
+
+    python bench/loop.py --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from brain.config import load_config  # noqa: E402
+from brain.control.histogram import LatencyHistogram  # noqa: E402
+from brain.control.loop import ControlLoop  # noqa: E402
+from brain.control.modes import ModeMachine  # noqa: E402
+from brain.control.policy import PolicyRunner, load_policy  # noqa: E402
+from brain.control.safety import SafetyLimits  # noqa: E402
+from brain.daemon import resolve_model_dir  # noqa: E402
+from brain.hardware.factory import make_robot  # noqa: E402
+
+
+def _hog(stop: mp.synchronize.Event) -> None:  # type: ignore[name-defined]
+    x = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            x += 1
+
+
+class Hogs:
+    def __init__(self, n: int) -> None:
+        self.stop = mp.Event()
+        self.procs = [mp.Process(target=_hog, args=(self.stop,), daemon=True) for _ in range(n)]
+
+    def __enter__(self) -> Hogs:
+        for p in self.procs:
+            p.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for p in self.procs:
+            p.join(5)
+
+
+def make_parts(camera: bool):
+    cfg = load_config(env={k: v for k, v in os.environ.items() if k.startswith("BRAIN_")})
+    if not camera:
+        cfg.camera.fps = 1  # the sim renders one frame a second: no camera load to speak of
+    robot = make_robot(cfg)
+    robot.connect()
+    policy = load_policy(str(resolve_model_dir(cfg)), cfg.policy.backend, cfg.policy.threads)
+    runner = PolicyRunner(policy, robot.frames, max_age_s=cfg.safety.deadman_ms / 1000)
+    modes = ModeMachine(cfg.safety.deadman_ms / 1000, policy_available=True)
+    limits = SafetyLimits(cfg.safety.max_steering, cfg.safety.max_throttle, cfg.safety.max_reverse)
+    return cfg, robot, runner, modes, limits
+
+
+def run_brain_loop(seconds: float, camera: bool) -> dict:
+    cfg, robot, runner, modes, limits = make_parts(camera)
+    loop = ControlLoop(robot, modes, limits, cfg.drive_hz, policy=runner,
+                       realtime=cfg.control.realtime, rt_priority=cfg.control.rt_priority,
+                       cpu=cfg.control.cpu)
+    sys.setswitchinterval(cfg.control.switch_interval_ms / 1000)
+    runner.start()
+    runner.enabled.set()
+    modes.request("arm")
+    modes.request("drive")
+    loop.start()
+    loop.wait_first_tick(5)
+    time.sleep(seconds)
+    loop.stop()
+    runner.stop()
+    robot.close()
+    st = loop.status()
+    s = loop.stats
+    ideal_ticks = (s.last_start - s.started_at) / loop.period + 1
+    return {"lateness_ms": st["lateness_ms"], "overruns": st["overruns"],
+            "missed_ticks": st["missed_ticks"], "rate_hz": st["rate_hz"], "ticks": st["ticks"],
+            "behind_s": round((ideal_ticks - s.ticks) * loop.period, 4),
+            "inferences": runner.inferences, "thread": st["thread"]}
+
+
+def run_naive_loop(seconds: float, camera: bool) -> dict:
+    """What DonkeyCar and LeRobot do: work, then sleep a relative period."""
+    cfg, robot, runner, modes, limits = make_parts(camera)
+    sys.setswitchinterval(0.005)  # interpreter default
+    runner.start()
+    runner.enabled.set()
+    modes.request("arm")
+    modes.request("drive")
+    period = 1.0 / cfg.drive_hz
+    hist = LatencyHistogram()
+    t0 = time.monotonic()
+    k = 0
+    end = t0 + seconds
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        hist.add(now - (t0 + k * period))  # lateness against the ideal schedule
+        obs = robot.read()
+        raw, _ = modes.select(obs.t, runner.latest(obs.t))
+        robot.write(limits.clamp(raw))
+        k += 1
+        time.sleep(period)
+    elapsed = time.monotonic() - t0
+    runner.stop()
+    robot.close()
+    return {"lateness_ms": hist.summary_ms(), "overruns": None, "missed_ticks": None,
+            "rate_hz": round(k / elapsed, 4), "ticks": k,
+            "behind_s": round(elapsed - k * period, 4), "inferences": runner.inferences}
+
+
+def _child(kind: str, seconds: float, camera: bool, q: mp.Queue) -> None:  # type: ignore[type-arg]
+    fn = run_brain_loop if kind == "brain" else run_naive_loop
+    q.put(fn(seconds, camera))
+
+
+def measure(kind: str, seconds: float, camera: bool) -> dict:
+    # Each run in a fresh process: no state (GC, threads, scheduling) leaks between runs.
+    q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    p = mp.Process(target=_child, args=(kind, seconds, camera, q))
+    p.start()
+    result = q.get(timeout=seconds + 120)
+    p.join(30)
+    return result
+
+
+def fmt(name: str, r: dict, target: float) -> str:
+    lat = r["lateness_ms"]
+    err = (r["rate_hz"] - target) / target * 100
+    over = "-" if r["overruns"] is None else str(r["overruns"])
+    return (f"  {name:<22} p50 {lat['p50']:7.3f}  p99 {lat['p99']:8.3f}  max {lat['max']:8.3f} ms"
+            f"  overruns {over:>3}  rate {r['rate_hz']:8.3f} Hz ({err:+.3f} %)"
+            f"  behind {r['behind_s']:+.3f} s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--conditions", default="idle,hog,camera,camera+hog")
+    ap.add_argument("--hogs", type=int, default=1, help="CPU-hog processes in the hog conditions")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = ap.parse_args()
+    mp.set_start_method("spawn")
+    target = load_config(env={k: v for k, v in os.environ.items()
+                              if k.startswith("BRAIN_")}).drive_hz
+    results = {}
+    print(f"control loop at {target} Hz, {args.seconds:g} s per run, {os.cpu_count()} CPUs")
+    for cond in args.conditions.split(","):
+        camera = "camera" in cond
+        hogs = args.hogs if "hog" in cond else 0
+        print(f"{cond}: camera {'on' if camera else 'off'}, {hogs} CPU-hog process(es)")
+        with Hogs(hogs):
+            brain = measure("brain", args.seconds, camera)
+            naive = measure("naive", args.seconds, camera)
+        print(fmt("brain loop", brain, target))
+        print(fmt("naive sleep(period)", naive, target))
+        ratio = naive["lateness_ms"]["p99"] / max(brain["lateness_ms"]["p99"], 1e-3)
+        print(f"  p99 lateness naive/brain: {ratio:.1f}x; control thread: "
+              f"{'; '.join(brain['thread'])}")
+        results[cond] = {"brain": brain, "naive": naive}
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

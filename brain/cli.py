@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     holder["config"] = cfg
     args.config = cfg
+    args.episodes_dir = cfg.state_path / "rlds" / "episodes"
+    args.export_origin = cfg.export.origin
     _setup_logging(cfg.log_level)
     try:
         return int(args.func(args) or 0)

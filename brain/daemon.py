@@ -27,7 +27,10 @@ from brain.control.safety import SafetyLimits
 from brain.control_socket import ControlServer
 from brain.hardware.factory import make_robot
 from brain.hardware.robot import NEUTRAL, Action, Observation, Robot, RobotError
+from brain.identity import describe
 from brain.notify import Notifier
+from brain.recording import EpisodeControl
+from brain.rlds.recorder import Recorder
 
 log = logging.getLogger("brain.daemon")
 
@@ -39,6 +42,7 @@ class ActuatorGuard(Robot):
     def __init__(self, inner: Robot) -> None:
         self.inner = inner
         self.spec = inner.spec
+        self.frames = inner.frames
         self.last_written: Action = NEUTRAL
         self._lock = threading.Lock()
 
@@ -89,6 +93,8 @@ class Daemon:
         self.loop: ControlLoop | None = None
         self.policy: Policy | None = None
         self.runner: PolicyRunner | None = None
+        self.episodes: EpisodeControl | None = None
+        self.identity = describe(cfg.state_path, cfg.robot_name, cfg.profile)
         self.modes = ModeMachine(cfg.safety.deadman_ms / 1000.0)
         self.control = ControlServer(cfg.socket_path)
         self.notifier = Notifier()
@@ -107,6 +113,7 @@ class Daemon:
             "profile": self.cfg.profile,
             "robot_name": self.cfg.robot_name,
             "model": self.model_id(),
+            "robot_id": self.identity["id"],
             "uptime_s": round(time.monotonic() - self.started, 3),
             "version": __version__,
             "pid": os.getpid(),
@@ -116,6 +123,8 @@ class Daemon:
             if histogram:
                 out["histogram"] = {"lateness_us": loop.stats.lateness.nonzero_bins(),
                                     "duration_us": loop.stats.duration.nonzero_bins()}
+        if self.episodes is not None:
+            out["recorder"] = self.episodes.status()
         if self.runner is not None:
             o = self.runner.output
             out["policy"] = {"inferences": self.runner.inferences, "errors": self.runner.errors,
@@ -137,6 +146,12 @@ class Daemon:
         c.register("status", lambda a: self.status(histogram=bool(a.get("histogram"))))
         c.register("mode", self._cmd_mode)
         c.register("drive", self._cmd_drive)
+        if self.episodes is not None:
+            ep = self.episodes
+            c.register("episodes.start", lambda a: {"episode_id": ep.start(
+                str(a.get("operator", "")), str(a.get("language_instruction", "")))})
+            c.register("episodes.stop", lambda a: ep.stop(str(a.get("reason", "stopped"))))
+            c.register("episodes.status", lambda a: ep.status())
         if self.test_hooks:
             c.register("debug.stall", self._cmd_stall)
 
@@ -179,6 +194,22 @@ class Daemon:
         log.info("policy %s loaded from %s (%s)", self.policy.id, model_dir,
                  self.cfg.policy.backend)
 
+    def _start_recorder(self) -> None:
+        cfg = self.cfg
+        assert self.robot is not None and self.loop is not None
+        episodes_dir = cfg.state_path / "rlds" / "episodes"
+        EpisodeControl.recover_store(episodes_dir)
+        recorder = Recorder(episodes_dir, self.robot.frames,
+                            jpeg_quality=cfg.camera.jpeg_quality,
+                            fsync_interval_s=cfg.recorder.fsync_interval_ms / 1000.0,
+                            min_free_bytes=cfg.recorder.min_free_mb << 20,
+                            max_episode_s=float(cfg.recorder.max_episode_s))
+        camera = {"width": cfg.camera.width, "height": cfg.camera.height, "fps": cfg.camera.fps}
+        self.episodes = EpisodeControl(recorder, self.robot, self.identity, cfg.drive_hz, camera,
+                                       cfg.recorder.operator)
+        self.episodes.model_id = self.model_id()
+        self.loop.sinks.append(self.episodes.sink)
+
     def _handle_signal(self, signum: int, _frame: Any) -> None:
         self.stop_reason = signal.Signals(signum).name
         self.stop_event.set()
@@ -207,14 +238,14 @@ class Daemon:
         self._load_policy()
         limits = SafetyLimits(cfg.safety.max_steering, cfg.safety.max_throttle,
                               cfg.safety.max_reverse)
-        frames = getattr(self.robot.inner, "frames", None)
-        if self.policy is not None and frames is not None:
-            self.runner = PolicyRunner(self.policy, frames,
+        if self.policy is not None and self.robot.frames is not None:
+            self.runner = PolicyRunner(self.policy, self.robot.frames,
                                        max_age_s=cfg.safety.deadman_ms / 1000.0)
         self.loop = ControlLoop(self.robot, self.modes, limits, cfg.drive_hz, policy=self.runner,
                                 realtime=cfg.control.realtime, rt_priority=cfg.control.rt_priority,
                                 cpu=cfg.control.cpu,
                                 watchdog_margin_ticks=cfg.control.watchdog_margin_ticks)
+        self._start_recorder()
         self._register_commands()
         self.control.start()
         if self.runner is not None:
@@ -258,6 +289,11 @@ class Daemon:
         self.notifier.send("STOPPING=1")
         self.notifier.stop()
         self.control.stop()
+        if self.episodes is not None:
+            try:
+                self.episodes.close()  # finalise an open episode while the loop still runs
+            except Exception as e:
+                log.error("closing the recorder failed: %s", e)
         if self.loop is not None:
             self.loop.stop()
         if self.runner is not None:

@@ -1,0 +1,91 @@
+"""Glue between the control loop and the episode recorder.
+
+The loop calls `sink(obs, action, source)` every tick; while an episode is open it becomes a
+`StepSample` handed to the recorder (O(1), no I/O). Start/stop come from the control socket, the
+API or `brain collect`, and stamp the episode metadata (robot, model, operator, simulator).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from brain.hardware.robot import Action, Observation, Robot
+from brain.rlds.recorder import Recorder, StepSample
+from brain.rlds.store import recover
+
+log = logging.getLogger(__name__)
+
+
+class EpisodeControl:
+    def __init__(self, recorder: Recorder, robot: Robot, identity: dict[str, Any],
+                 drive_hz: float, camera: dict[str, Any], default_operator: str = "") -> None:
+        self.recorder = recorder
+        self.robot = robot
+        self.identity = identity
+        self.drive_hz = drive_hz
+        self.camera = camera
+        self.default_operator = default_operator
+        self.model_id = "none"
+        self._active = False
+        self._instruction = ""
+        self._last_progress: float | None = None
+        self._track_length = 0.0
+
+    @classmethod
+    def recover_store(cls, episodes_dir: Path) -> list[dict[str, Any]]:
+        """Start-up recovery: cut torn tails, mark never-closed episodes incomplete."""
+        episodes_dir.mkdir(parents=True, exist_ok=True)
+        report = recover(episodes_dir)
+        for r in report:
+            log.warning("recovered episode %s: %s", r.get("id"), r.get("action", r))
+        return report
+
+    def start(self, operator: str = "", language_instruction: str = "") -> str:
+        sim = getattr(self.robot, "sim_params", None)
+        sim_params = sim() if callable(sim) else None
+        self._track_length = float((sim_params or {}).get("track_length_m", 0.0))
+        self._last_progress = None
+        meta = {
+            "robot_id": self.identity["id"], "robot_name": self.identity["name"],
+            "robot_profile": self.identity["profile"], "hostname": self.identity["hostname"],
+            "software_version": self.identity["version"], "model_id": self.model_id,
+            "operator": operator or self.default_operator,
+            "language_instruction": language_instruction,
+            "drive_hz": self.drive_hz, "camera": self.camera,
+            "state_names": list(self.robot.spec.state_names),
+            "action_names": list(self.robot.spec.action_names),
+            "simulated": sim_params is not None, "simulator": sim_params,
+        }
+        self._instruction = language_instruction
+        episode_id = self.recorder.start_episode(meta)
+        self._active = True
+        return episode_id
+
+    def stop(self, reason: str = "stopped") -> dict[str, Any]:
+        self._active = False
+        return self.recorder.stop_episode(reason)
+
+    def status(self) -> dict[str, Any]:
+        return self.recorder.status()
+
+    def close(self) -> None:
+        self._active = False
+        self.recorder.close()
+
+    def sink(self, obs: Observation, action: Action, source: str) -> None:
+        """Control thread, every tick."""
+        if not self._active:
+            return
+        reward = 0.0
+        progress = obs.info.get("progress_laps") if obs.info else None
+        if progress is not None and self._track_length:
+            if self._last_progress is not None:
+                reward = (progress - self._last_progress) * self._track_length  # metres gained
+            self._last_progress = progress
+        self.recorder.on_step(StepSample(
+            t_mono=obs.t, t_wall=time.time(), state=obs.state,
+            action=(action.steering, action.throttle), reward=reward, discount=1.0,
+            is_terminal=False, mode=source, language_instruction=self._instruction))

@@ -1,0 +1,118 @@
+"""`brain collect --teacher`: record demonstrations in the simulator, end to end.
+
+Runs the real control loop on the simulated car with the scripted pure-pursuit teacher as the
+teleoperator (MANUAL mode, its commands refreshing the deadman like a human's), and the real
+recorder as the loop's step sink, for N episodes of S seconds each. It is a standalone process, so
+it works with or without a daemon running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from brain.control.loop import ControlLoop
+from brain.control.modes import ModeMachine
+from brain.control.safety import SafetyLimits
+from brain.hardware.factory import make_robot
+from brain.hardware.robot import Observation, RobotError
+from brain.identity import describe
+from brain.recording import EpisodeControl
+from brain.rlds.recorder import Recorder, RecorderError
+
+
+def register(subparsers: Any, make_client: Callable[[], Any]) -> None:
+    from brain.config import SimProfile, schema_fields
+
+    tracks = next(f.metadata["choices"] for n, f, _ in schema_fields(SimProfile) if n == "track")
+    p = subparsers.add_parser("collect", help="record teacher demonstrations in the simulator")
+    p.add_argument("--teacher", action="store_true", required=True,
+                   help="drive with the scripted pure-pursuit teacher (the only source here; "
+                        "record human teleop with `brain episodes start|stop` instead)")
+    p.add_argument("--episodes", type=int, default=16, metavar="N", help="episodes (default 16)")
+    p.add_argument("--seconds", type=float, default=15.0, metavar="S",
+                   help="length of each episode (default 15)")
+    p.add_argument("--track", choices=tracks, help="track layout (default: the config's)")
+    p.add_argument("--operator", default="teacher", help="operator stamped on the episodes")
+    p.add_argument("--instruction", default="follow the track",
+                   help="language_instruction stamped on every step")
+    p.set_defaults(func=cmd_collect)
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    cfg = args.config
+    if cfg.profile != "sim":
+        print("brain collect: --teacher needs the simulator (profile sim, not "
+              f"{cfg.profile})", file=sys.stderr)
+        return 2
+    if not 1 <= args.episodes <= 10_000 or not 1.0 <= args.seconds <= cfg.recorder.max_episode_s:
+        print("brain collect: --episodes must be 1..10000 and --seconds "
+              f"1..{cfg.recorder.max_episode_s}", file=sys.stderr)
+        return 2
+    if args.track:
+        cfg.profiles.sim.track = args.track
+    robot = make_robot(cfg)
+    try:
+        robot.connect()
+    except RobotError as e:
+        print(f"brain collect: {e}", file=sys.stderr)
+        return 1
+    modes = ModeMachine(cfg.safety.deadman_ms / 1000.0)
+    limits = SafetyLimits(cfg.safety.max_steering, cfg.safety.max_throttle, cfg.safety.max_reverse)
+    sys.setswitchinterval(cfg.control.switch_interval_ms / 1000.0)
+    loop = ControlLoop(robot, modes, limits, cfg.drive_hz, realtime=cfg.control.realtime,
+                       rt_priority=cfg.control.rt_priority, cpu=cfg.control.cpu)
+    teacher = robot.teacher_action  # type: ignore[attr-defined]
+
+    def teleoperate(obs: Observation) -> None:
+        a = teacher()
+        modes.teleop(a.steering, a.throttle, "teacher", obs.t)
+
+    loop.pre_tick.append(teleoperate)
+    episodes_dir = cfg.state_path / "rlds" / "episodes"
+    EpisodeControl.recover_store(episodes_dir)
+    recorder = Recorder(episodes_dir, robot.frames, jpeg_quality=cfg.camera.jpeg_quality,
+                        fsync_interval_s=cfg.recorder.fsync_interval_ms / 1000.0,
+                        min_free_bytes=cfg.recorder.min_free_mb << 20,
+                        max_episode_s=float(cfg.recorder.max_episode_s))
+    identity = describe(cfg.state_path, cfg.robot_name, cfg.profile)
+    camera = {"width": cfg.camera.width, "height": cfg.camera.height, "fps": cfg.camera.fps}
+    control = EpisodeControl(recorder, robot, identity, cfg.drive_hz, camera, args.operator)
+    control.model_id = "teacher"
+    loop.sinks.append(control.sink)
+    modes.request("manual")
+    loop.start()
+    recorded: list[str] = []
+    try:
+        loop.wait_first_tick(5.0)
+        time.sleep(0.5)  # let the camera deliver before the first step
+        for i in range(args.episodes):
+            eid = control.start(args.operator, args.instruction)
+            time.sleep(args.seconds)
+            summary = control.stop("completed")
+            recorded.append(eid)
+            print(f"episode {i + 1}/{args.episodes} {eid}: {summary.get('steps', 0)} steps, "
+                  f"{summary.get('frames', 0)} frames, {summary.get('dropped_frames', 0)} dropped"
+                  f", {summary.get('status')}", flush=True)
+            if summary.get("status") != "complete":
+                print(f"brain collect: episode {eid} ended early: {summary.get('end_reason')}",
+                      file=sys.stderr)
+                return 1
+    except RecorderError as e:
+        print(f"brain collect: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("brain collect: interrupted; the open episode is finalised", file=sys.stderr)
+        return 130
+    finally:
+        control.close()
+        loop.stop()
+        robot.close()
+    st = loop.status()
+    print(f"recorded {len(recorded)} episodes in {episodes_dir} "
+          f"(loop {st['rate_hz']:.2f} Hz, lateness p99 {st['lateness_ms']['p99']:.2f} ms, "
+          f"overruns {st['overruns']})")
+    return 0

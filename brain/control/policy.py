@@ -28,6 +28,9 @@ class Backend(abc.ABC):
     name: str
 
     @abc.abstractmethod
+    def __init__(self, spec: ModelSpec, threads: int = 1) -> None: ...
+
+    @abc.abstractmethod
     def run(self, x: np.ndarray) -> np.ndarray:
         """x: float32 NCHW batch -> float32 (N, 2) [steering, throttle]."""
 

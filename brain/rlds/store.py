@@ -1,0 +1,248 @@
+"""Episode directories on disk: naming, locking, listing, loading, deleting, crash recovery.
+
+Layout: `<episodes_dir>/<episode_id>/` holding `episode.json` (metadata, replaced atomically),
+`steps.tfrecord` (the append-only log) and, while a recorder holds it, `recording.lock` (flock).
+An episode is created under a dot-name and renamed into place, so a half-created one is never
+listed; recovery removes those leftovers.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brain.durable import atomic_write_json, fsync_dir, read_json
+from brain.rlds.logformat import FrameRecord, PayloadError, decode
+from brain.rlds.tfrecord import OVERHEAD, RecordReader
+
+EPISODE_FILE = "episode.json"
+LOG_FILE = "steps.tfrecord"
+LOCK_FILE = "recording.lock"
+FORMAT_VERSION = 1
+# Status values in episode.json: "recording" (open), "complete", "incomplete" (recovered).
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class EpisodeError(RuntimeError):
+    """An episode operation was refused; the message names the episode and why."""
+
+
+class EpisodeNotFound(EpisodeError):
+    pass
+
+
+class EpisodeBusy(EpisodeError):
+    pass
+
+
+def new_episode_id(t_wall: float | None = None) -> str:
+    t = time.gmtime(time.time() if t_wall is None else t_wall)
+    return time.strftime("%Y%m%dT%H%M%SZ", t) + "-" + os.urandom(3).hex()
+
+
+def episode_dir(episodes_dir: Path, episode_id: str) -> Path:
+    """The directory of an existing episode; EpisodeNotFound names the id otherwise."""
+    if not isinstance(episode_id, str) or not _ID_RE.match(episode_id) or ".." in episode_id:
+        raise EpisodeNotFound(f"invalid episode id {episode_id!r}")
+    path = Path(episodes_dir) / episode_id
+    if not (path / EPISODE_FILE).is_file():
+        raise EpisodeNotFound(f"no episode {episode_id!r} in {episodes_dir}")
+    return path
+
+
+def try_lock(path: Path) -> int | None:
+    """Open and exclusively flock `path`; the fd, or None when another holder has it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def is_locked(ep_dir: Path) -> bool:
+    lock = ep_dir / LOCK_FILE
+    if not lock.exists():
+        return False
+    fd = try_lock(lock)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+def read_meta(ep_dir: Path) -> dict[str, Any]:
+    try:
+        meta = read_json(ep_dir / EPISODE_FILE)
+    except (OSError, ValueError) as e:
+        raise EpisodeError(f"episode {ep_dir.name}: unreadable {EPISODE_FILE}: {e}") from None
+    if not isinstance(meta, dict):
+        raise EpisodeError(f"episode {ep_dir.name}: {EPISODE_FILE} is not an object")
+    return meta
+
+
+def list_episodes(episodes_dir: Path) -> list[dict[str, Any]]:
+    """One summary per episode, oldest first (ids sort by start time)."""
+    root = Path(episodes_dir)
+    if not root.is_dir():
+        return []
+    out = []
+    for d in sorted(root.iterdir()):
+        if d.name.startswith(".") or not (d / EPISODE_FILE).is_file():
+            continue
+        try:
+            meta = read_meta(d)
+        except EpisodeError as e:
+            out.append({"id": d.name, "status": "unreadable", "error": str(e)})
+            continue
+        status = meta.get("status")
+        if status == "recording" and not is_locked(d):
+            status = "recording (not closed; run recovery)"
+        out.append({
+            "id": d.name, "status": status, "steps": meta.get("steps"),
+            "frames": meta.get("frames"), "started_wall": meta.get("started_wall"),
+            "duration_s": meta.get("duration_s"), "end_reason": meta.get("end_reason"),
+            "bytes": _size(d / LOG_FILE),
+        })
+    return out
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+@dataclass
+class Episode:
+    """An episode read back from disk. `log_error` is None when every record was whole."""
+
+    id: str
+    path: Path
+    meta: dict[str, Any]
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    frames: list[FrameRecord] = field(default_factory=list)
+    log_error: str | None = None
+    log_torn: bool = False
+    log_end: int = 0
+    log_size: int = 0
+
+
+def read_log(ep_dir: Path) -> tuple[list[dict[str, Any]], list[FrameRecord], RecordReader, int]:
+    """Parse the log up to its first bad record (the reader says where and why)."""
+    steps: list[dict[str, Any]] = []
+    frames: list[FrameRecord] = []
+    path = ep_dir / LOG_FILE
+    with open(path, "rb", buffering=1 << 20) as fh:
+        reader = RecordReader(fh)
+        for data in reader:
+            try:
+                rec = decode(data)
+            except PayloadError as e:
+                reader.error = f"bad payload in record {reader.count - 1}: {e}"
+                reader.end -= len(data) + OVERHEAD
+                break
+            if isinstance(rec, FrameRecord):
+                frames.append(rec)
+            else:
+                steps.append(rec)
+        size = os.fstat(fh.fileno()).st_size
+    return steps, frames, reader, size
+
+
+def load_episode(episodes_dir: Path, episode_id: str) -> Episode:
+    d = episode_dir(episodes_dir, episode_id)
+    meta = read_meta(d)
+    try:
+        steps, frames, reader, size = read_log(d)
+    except FileNotFoundError:
+        return Episode(episode_id, d, meta, log_error=f"{LOG_FILE} is missing")
+    return Episode(episode_id, d, meta, steps, frames, reader.error, reader.torn,
+                   reader.end, size)
+
+
+def delete_episode(episodes_dir: Path, episode_id: str) -> None:
+    """Remove a closed episode; refuses one a recorder holds."""
+    d = episode_dir(episodes_dir, episode_id)
+    fd = try_lock(d / LOCK_FILE)
+    if fd is None:
+        raise EpisodeBusy(f"episode {episode_id} is being recorded; stop it first")
+    try:
+        # Rename first so a crash mid-delete leaves a dot-dir recovery removes, not half an episode.
+        doomed = d.parent / f".deleting-{episode_id}"
+        os.replace(d, doomed)
+        fsync_dir(d.parent)
+    finally:
+        os.close(fd)
+    shutil.rmtree(doomed)
+
+
+def recover(episodes_dir: Path) -> list[dict[str, Any]]:
+    """Bring every episode to a consistent state after a crash; returns what was done.
+
+    A never-closed episode (status "recording", lock not held) has its log cut back to the last
+    whole record and is marked "incomplete" with the durable steps counted. Leftover dot-dirs
+    (half-created or half-deleted episodes) and temp files are removed. Closed episodes are never
+    modified: damage in them is for `validate` to report, not for recovery to hide.
+    """
+    root = Path(episodes_dir)
+    actions: list[dict[str, Any]] = []
+    if not root.is_dir():
+        return actions
+    for d in sorted(root.iterdir()):
+        if not d.is_dir():
+            continue
+        if d.name.startswith("."):
+            if d.name.startswith((".new-", ".deleting-")) and not is_locked(d):
+                shutil.rmtree(d, ignore_errors=True)
+                actions.append({"id": d.name, "action": "removed leftover directory"})
+            continue
+        for tmp in d.glob(f".{EPISODE_FILE}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+        try:
+            meta = read_meta(d)
+        except EpisodeError:
+            continue
+        if meta.get("status") != "recording":
+            continue
+        fd = try_lock(d / LOCK_FILE)
+        if fd is None:
+            continue  # a live recorder holds it
+        try:
+            actions.append(_recover_one(d, meta))
+        finally:
+            os.close(fd)
+        (d / LOCK_FILE).unlink(missing_ok=True)
+    return actions
+
+
+def _recover_one(d: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    log = d / LOG_FILE
+    if not log.exists():
+        log.touch()
+    steps, frames, reader, size = read_log(d)
+    cut = size - reader.end
+    if cut:
+        with open(log, "r+b") as fh:
+            fh.truncate(reader.end)
+            os.fsync(fh.fileno())
+    meta.update(status="incomplete", end_reason="recovered: recorder never closed the episode",
+                steps=len(steps), frames=len(frames), log_bytes=reader.end,
+                recovered_wall=time.time(), recovery_cut_bytes=cut,
+                recovery_cut_reason=reader.error)
+    if steps:
+        meta["ended_wall"] = steps[-1]["t_wall"]
+        meta["duration_s"] = steps[-1]["t_mono"] - steps[0]["t_mono"]
+    if frames and not meta.get("image_shape"):
+        meta["image_shape"] = list(frames[0].shape)
+    atomic_write_json(d / EPISODE_FILE, meta)
+    return {"id": d.name, "action": "marked incomplete", "steps": len(steps),
+            "frames": len(frames), "cut_bytes": cut, "cut_reason": reader.error}

@@ -1,0 +1,180 @@
+"""Episode validation: schema, counts, timestamps, rate, frames, camera sync, log integrity.
+
+Each episode gets `{"id", "status": "ok"|"incomplete"|"corrupt", "reasons": [...], ...stats}`.
+"corrupt" means the data cannot be trusted (CRC, schema, order, references); "incomplete" means
+the data is sound but the episode did not close normally or misses a field-plan gate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import simplejpeg
+
+from brain.rlds.store import Episode, EpisodeError, is_locked, list_episodes, load_episode
+
+RATE_MIN_HZ = 20.0
+RATE_MAX_HZ = 50.0
+RATE_TOLERANCE = 0.01  # a 50 Hz loop measures 50.0x Hz over a short episode
+SKEW_P99_MAX_MS = 5.0  # field plan: "timestamp skew <= 5 ms"
+_STEP_KEYS: dict[str, type | tuple[type, ...]] = {
+    "i": int, "t_mono": (int, float), "t_wall": (int, float), "state": list, "action": list,
+    "reward": (int, float), "discount": (int, float), "is_terminal": bool, "mode": str,
+    "language_instruction": str, "frame": int, "frame_new": bool,
+}
+_META_KEYS: dict[str, type | tuple[type, ...]] = {
+    "format": int, "id": str, "status": str, "started_wall": (int, float), "metadata": dict,
+}
+
+
+def validate_episode(episodes_dir: Path, episode_id: str,
+                     episode: Episode | None = None) -> dict[str, Any]:
+    """Validate one episode (pass `episode` when already loaded, to read it only once)."""
+    ep = episode if episode is not None else load_episode(episodes_dir, episode_id)
+    corrupt: list[str] = []
+    gates: list[str] = []
+    meta = ep.meta
+    for key, typ in _META_KEYS.items():
+        if not isinstance(meta.get(key), typ):
+            corrupt.append(f"episode.json: {key!r} missing or not {_tname(typ)}")
+    status = meta.get("status")
+    if status == "recording":
+        if is_locked(ep.path):
+            return {"id": ep.id, "status": "incomplete", "reasons": ["still recording"]}
+        gates.append("never closed (run recovery)")
+    elif status == "incomplete":
+        gates.append(f"did not close normally: {meta.get('end_reason')}")
+    elif status != "complete":
+        corrupt.append(f"episode.json: unknown status {status!r}")
+    if ep.log_error:
+        corrupt.append(f"log: {ep.log_error}")
+    steps, frames = ep.steps, ep.frames
+    if status in ("complete", "incomplete") and not ep.log_error:
+        if meta.get("steps") != len(steps):
+            corrupt.append(f"step count {len(steps)} != {meta.get('steps')} in episode.json")
+        if meta.get("frames") != len(frames):
+            corrupt.append(f"frame count {len(frames)} != {meta.get('frames')} in episode.json")
+    stats: dict[str, Any] = {"steps": len(steps), "frames": len(frames), "bytes": ep.log_size}
+    corrupt += _check_steps(steps, len(frames))
+    if not corrupt:
+        stats.update(_timing(steps, gates))
+        corrupt += _check_frames(meta, frames)
+        stats.update(_sync(steps, frames, gates))
+    if not steps:
+        gates.append("no steps")
+    result = "corrupt" if corrupt else ("incomplete" if gates else "ok")
+    return {"id": ep.id, "status": result, "reasons": corrupt + gates, **stats}
+
+
+def validate_all(episodes_dir: Path) -> list[dict[str, Any]]:
+    out = []
+    for item in list_episodes(episodes_dir):
+        try:
+            out.append(validate_episode(episodes_dir, item["id"]))
+        except EpisodeError as e:
+            out.append({"id": item["id"], "status": "corrupt", "reasons": [str(e)]})
+    return out
+
+
+def _tname(typ: type | tuple[type, ...]) -> str:
+    return "/".join(t.__name__ for t in typ) if isinstance(typ, tuple) else typ.__name__
+
+
+def _check_steps(steps: list[dict[str, Any]], n_frames: int) -> list[str]:
+    bad: list[str] = []
+    state_len = None
+    prev_frame = -1
+    for n, st in enumerate(steps):
+        for key, typ in _STEP_KEYS.items():
+            if not isinstance(st.get(key), typ):
+                return [f"step {n}: {key!r} missing or not {_tname(typ)}"]
+        if st["i"] != n:
+            return [f"step {n}: index {st['i']} out of sequence"]
+        if len(st["action"]) != 2:
+            return [f"step {n}: action has {len(st['action'])} values, expected 2"]
+        if state_len is None:
+            state_len = len(st["state"])
+        elif len(st["state"]) != state_len:
+            return [f"step {n}: state has {len(st['state'])} values, earlier steps {state_len}"]
+        if n and st["t_mono"] <= steps[n - 1]["t_mono"]:
+            return [f"step {n}: monotonic timestamp does not increase"]
+        if n and st["t_wall"] < steps[n - 1]["t_wall"] - 0.5:
+            bad.append(f"step {n}: wall-clock timestamp went back by more than 0.5 s")
+        f = st["frame"]
+        if f >= n_frames or f < -1 or (f < prev_frame):
+            return [f"step {n}: frame reference {f} invalid ({n_frames} frames)"]
+        prev_frame = f
+    return bad
+
+
+def _pct(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else 0.0
+
+
+def _timing(steps: list[dict[str, Any]], gates: list[str]) -> dict[str, Any]:
+    if len(steps) < 2:
+        return {"rate_hz": None, "duration_s": 0.0}
+    t = np.array([s["t_mono"] for s in steps])
+    duration = float(t[-1] - t[0])
+    rate = (len(t) - 1) / duration
+    if not RATE_MIN_HZ * (1 - RATE_TOLERANCE) <= rate <= RATE_MAX_HZ * (1 + RATE_TOLERANCE):
+        gates.append(f"step rate {rate:.2f} Hz outside {RATE_MIN_HZ:g}-{RATE_MAX_HZ:g} Hz")
+    dt = np.diff(t) * 1000.0
+    return {"rate_hz": round(rate, 3), "duration_s": round(duration, 3),
+            "step_interval_ms": {"p50": _pct(dt, 50), "p99": _pct(dt, 99),
+                                 "max": float(dt.max())}}
+
+
+def _check_frames(meta: dict[str, Any], frames: list[Any]) -> list[str]:
+    """Every frame's JPEG header must decode to its recorded shape (and the episode's);
+    the first and last are decoded in full. The log CRC already vouches for the bytes."""
+    shape = meta.get("image_shape")
+    for n, fr in enumerate(frames):
+        try:
+            h, w, _cs, _sub = simplejpeg.decode_jpeg_header(fr.jpeg)
+        except ValueError as e:
+            return [f"frame {n}: JPEG header does not decode: {e}"]
+        if (h, w) != tuple(fr.shape[:2]) or (shape and list(fr.shape) != list(shape)):
+            return [f"frame {n}: JPEG is {h}x{w}, recorded shape {list(fr.shape)}, "
+                    f"episode image_shape {shape}"]
+    for n in {0, len(frames) - 1} if frames else ():
+        try:
+            img = simplejpeg.decode_jpeg(frames[n].jpeg, colorspace="RGB")
+        except ValueError as e:
+            return [f"frame {n}: JPEG does not decode: {e}"]
+        if list(img.shape) != list(frames[n].shape):
+            return [f"frame {n}: decodes to {list(img.shape)}, recorded {list(frames[n].shape)}"]
+    return []
+
+
+def _sync(steps: list[dict[str, Any]], frames: list[Any], gates: list[str]) -> dict[str, Any]:
+    if not frames or not steps:
+        return {"skew_p99_ms": None}
+    t_steps = np.array([s["t_mono"] for s in steps])
+    t_frames = np.array([f.t_capture for f in frames])
+    # A frame captured before the episode's first tick was carried in from before the start;
+    # no step of this episode could have been taken at its capture time, so it is not judged.
+    carried = int(np.sum(t_frames < t_steps[0] - 1e-6))
+    t_frames = t_frames[carried:]
+    if not len(t_frames):
+        return {"skew_p99_ms": None, "carried_in_frames": carried}
+    # Per frame: distance from its capture time to the nearest step (the field-plan sync gate).
+    idx = np.searchsorted(t_steps, t_frames)
+    lo = np.clip(idx - 1, 0, len(t_steps) - 1)
+    hi = np.clip(idx, 0, len(t_steps) - 1)
+    near = np.minimum(np.abs(t_steps[lo] - t_frames), np.abs(t_steps[hi] - t_frames))
+    skew = near * 1000.0
+    ages = np.array([s["frame_skew_ms"] for s in steps if s["frame"] >= 0], dtype=float)
+    p99 = _pct(skew, 99)
+    if p99 > SKEW_P99_MAX_MS:
+        gates.append(f"frame-to-step skew p99 {p99:.2f} ms exceeds {SKEW_P99_MAX_MS:g} ms")
+    no_frame = sum(1 for s in steps if s["frame"] < 0)
+    return {
+        "skew_p99_ms": round(p99, 3), "skew_max_ms": round(float(skew.max()), 3),
+        "frame_age_ms": {"p50": _pct(ages, 50), "p99": _pct(ages, 99),
+                         "max": float(ages.max()) if len(ages) else 0.0},
+        "steps_without_frame": no_frame, "carried_in_frames": carried,
+        "new_frame_steps": sum(1 for s in steps if s["frame_new"]),
+    }

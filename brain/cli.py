@@ -112,7 +112,7 @@ def _register_plugins(sub: argparse._SubParsersAction, make_client: Callable[[],
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     holder: dict[str, Any] = {}
 
-    def make_client() -> ControlClient:
+    def make_client(_args: Any = None) -> ControlClient:
         return ControlClient(holder["config"].socket_path)
 
     p = argparse.ArgumentParser(prog="brain", description="Edge runtime of a learning robot.")

@@ -95,6 +95,7 @@ class Daemon:
         self.runner: PolicyRunner | None = None
         self.episodes: EpisodeControl | None = None
         self.identity = describe(cfg.state_path, cfg.robot_name, cfg.profile)
+        self.api: Any = None  # brain.api.server.ApiServer when the API is enabled
         self.modes = ModeMachine(cfg.safety.deadman_ms / 1000.0)
         self.control = ControlServer(cfg.socket_path)
         self.notifier = Notifier()
@@ -210,6 +211,21 @@ class Daemon:
         self.episodes.model_id = self.model_id()
         self.loop.sinks.append(self.episodes.sink)
 
+    def _start_api(self) -> bool:
+        # Imported here: a daemon with the API disabled never loads the HTTP stack.
+        from brain.api.server import ApiServer
+        from brain.daemon_service import DaemonService
+
+        try:
+            self.api = ApiServer(DaemonService(self), self.cfg)
+            for name, handler in self.api.control_handlers().items():
+                self.control.register(name, handler)
+            self.api.start()
+        except (RuntimeError, OSError) as e:
+            log.error("%s", e)
+            return False
+        return True
+
     def _handle_signal(self, signum: int, _frame: Any) -> None:
         self.stop_reason = signal.Signals(signum).name
         self.stop_event.set()
@@ -255,6 +271,7 @@ class Daemon:
         if not self.loop.wait_first_tick(timeout=3.0):
             log.error("control loop did not start: %r", self.loop.fatal)
             return 1
+
         if cfg.headless:
             if self.policy is None:
                 log.error("headless boot without a policy: staying IDLE")
@@ -268,6 +285,10 @@ class Daemon:
         self.notifier.send("STATUS=" + self.status_line())
         self.notifier.start_watchdog(lambda: self.loop is not None and self.loop.on_time(),
                                      self.status_line)
+        # The API comes after READY=1: the robot is controllable (socket, loop, watchdog) at
+        # once, and mDNS announcement takes a couple of seconds.
+        if cfg.api.enabled and not self._start_api():
+            return 1
         log.info("brain %s up: profile %s, %g Hz, control socket %s", __version__, cfg.profile,
                  cfg.drive_hz, cfg.socket_path)
         while not self.stop_event.wait(0.5):
@@ -288,6 +309,11 @@ class Daemon:
     def _shutdown(self) -> None:
         self.notifier.send("STOPPING=1")
         self.notifier.stop()
+        if self.api is not None:
+            try:
+                self.api.stop()  # first: no new commands while the rest shuts down
+            except Exception as e:
+                log.error("stopping the API failed: %s", e)
         self.control.stop()
         if self.episodes is not None:
             try:

@@ -1,0 +1,195 @@
+"""Does the API disturb the control loop? Loop lateness p99 at 50 Hz with no clients vs. with
+a loopback load (one teleop WebSocket at 50 Hz, one MJPEG viewer, 100 /status requests/s),
+plus /status latency p50/p99. Both phases run in one invocation; the ratio is what counts.
+
+In-process (default): a 50 Hz absolute-deadline loop thread shares the process with ApiServer
+and the test FakeService, as in the daemon; the load runs in a separate process.
+`--daemon-cmd "brain run --sim"`: drive a real daemon instead; its lateness comes from
+`--status-cmd` (default `brain status --json`, key lateness_ms.p99) after each phase, and the
+pairing code from `--pair-cmd` (default `brain pair --json`).
+
+    python bench/api.py [--seconds 10] [--daemon-cmd CMD --url http://127.0.0.1:8080]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from brain.control.histogram import LatencyHistogram  # noqa: E402
+
+
+def loop_thread(hz: float, stop: threading.Event, hist_ref: list[LatencyHistogram],
+                realtime: bool) -> None:
+    if realtime:  # as the daemon's control thread does when permitted
+        try:
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO, os.sched_param(50))
+        except OSError as e:
+            print(f"loop thread stays SCHED_OTHER: {e}", file=sys.stderr)
+    period = 1.0 / hz
+    next_t = time.monotonic() + period
+    while not stop.is_set():
+        delay = next_t - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        hist_ref[0].add(time.monotonic() - next_t)
+        next_t += period
+
+
+def load(url: str, token: str, seconds: float, out: mp.Queue) -> None:
+    import httpx
+    from websockets.sync.client import connect
+
+    h = {"Authorization": f"Bearer {token}"}
+    stop = threading.Event()
+    lat: list[float] = []
+    frames = [0]
+
+    def teleop() -> None:
+        t = httpx.post(url + "/api/v1/ticket", headers=h, verify=False).json()["ticket"]
+        ws_url = url.replace("http", "ws", 1) + f"/api/v1/teleop?ticket={t}"
+        with connect(ws_url, additional_headers=h) as ws:
+            nxt = time.monotonic()
+            while not stop.is_set():
+                ws.send('{"steering": 0.1, "throttle": 0.2}')
+                nxt += 0.02
+                time.sleep(max(0.0, nxt - time.monotonic()))
+
+    def mjpeg() -> None:
+        with httpx.stream("GET", url + "/api/v1/camera.mjpeg", headers=h, verify=False,
+                          timeout=10) as r:
+            for chunk in r.iter_bytes():
+                frames[0] += chunk.count(b"--frame")
+                if stop.is_set():
+                    return
+
+    def status() -> None:
+        with httpx.Client(base_url=url, headers=h, verify=False) as c:
+            nxt = time.monotonic()
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                c.get("/api/v1/status").raise_for_status()
+                lat.append(time.perf_counter() - t0)
+                nxt += 0.01
+                time.sleep(max(0.0, nxt - time.monotonic()))
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (teleop, mjpeg, status)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    lat.sort()
+
+    def pct(q: float) -> float:
+        return round(lat[min(len(lat) - 1, int(q / 100 * len(lat)))] * 1e3, 3) if lat else 0.0
+
+    out.put({"status_requests": len(lat), "status_rps": round(len(lat) / seconds, 1),
+             "status_p50_ms": pct(50), "status_p99_ms": pct(99), "mjpeg_frames": frames[0]})
+
+
+def run_load(url: str, token: str, seconds: float) -> dict:
+    q: mp.Queue = mp.get_context("spawn").Queue()
+    p = mp.get_context("spawn").Process(target=load, args=(url, token, seconds, q))
+    p.start()
+    res = q.get(timeout=seconds + 30)
+    p.join(10)
+    return res
+
+
+def in_process(seconds: float, realtime: bool) -> dict:
+    from brain.api.server import ApiServer
+    from brain.config import Config
+    from tests.api_support.fake_service import FakeService
+
+    sys.setswitchinterval(0.0005)  # as the daemon does (control.switch_interval_ms)
+    cfg = Config()
+    cfg.api.port, cfg.api.mdns = 0, False
+    svc = FakeService()
+    server = ApiServer(svc, cfg, tempfile.mkdtemp(prefix="bench-api-"))
+    server.start()
+    token = server.pairing.pair(server.pairing.new_code()["code"], "bench", "local")
+    hist = [LatencyHistogram()]
+    stop = threading.Event()
+    t = threading.Thread(target=loop_thread, args=(50.0, stop, hist, realtime),
+                         daemon=True)
+    t.start()
+    try:
+        time.sleep(seconds)
+        base = hist[0].summary_ms()
+        hist[0] = LatencyHistogram()
+        client = run_load(server.url, token, seconds)
+        loaded = hist[0].summary_ms()
+    finally:
+        stop.set()
+        server.stop()
+        svc.close()
+    return {"baseline_lateness_ms": base, "loaded_lateness_ms": loaded, **client}
+
+
+def with_daemon(args: argparse.Namespace) -> dict:
+    import httpx
+
+    def status_p99() -> float:
+        out = subprocess.run(shlex.split(args.status_cmd), capture_output=True, text=True)
+        return float(json.loads(out.stdout)["lateness_ms"]["p99"])
+
+    proc = subprocess.Popen(shlex.split(args.daemon_cmd))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(args.url + "/api/v1/health", verify=False, timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        code = json.loads(subprocess.run(shlex.split(args.pair_cmd), capture_output=True,
+                                         text=True).stdout)["code"]
+        token = httpx.post(args.url + "/api/v1/pair", verify=False,
+                           json={"code": code, "client_name": "bench"}).json()["token"]
+        time.sleep(args.seconds)
+        base = status_p99()
+        client = run_load(args.url, token, args.seconds)
+        loaded = status_p99()  # cumulative in the daemon: an upper bound on the delta's effect
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return {"baseline_lateness_ms": {"p99": base}, "loaded_lateness_ms": {"p99": loaded},
+            **client}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
+    ap.add_argument("--daemon-cmd", help="run this daemon instead of the in-process stand-in")
+    ap.add_argument("--url", default="http://127.0.0.1:8080", help="daemon API URL")
+    ap.add_argument("--status-cmd", default="brain status --json")
+    ap.add_argument("--pair-cmd", default="brain pair --json")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-realtime", action="store_true",
+                    help="keep the loop thread SCHED_OTHER (in-process mode)")
+    args = ap.parse_args()
+    res = with_daemon(args) if args.daemon_cmd else in_process(args.seconds, not args.no_realtime)
+    b, lo = res["baseline_lateness_ms"]["p99"], res["loaded_lateness_ms"]["p99"]
+    res["added_p99_ms"] = round(lo - b, 3)
+    res["ratio_p99"] = round(lo / b, 2) if b else None
+    res["goal_added_p99_le_0_5_ms"] = res["added_p99_ms"] <= 0.5
+    if args.json:
+        print(json.dumps(res))
+    else:
+        for k, v in res.items():
+            print(f"{k:28} {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The FastAPI application: routes under /api/v1, error handling, the web page at /."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import brain
+from brain.api import routes_core, routes_episodes, routes_live
+from brain.api.auth import require_client
+from brain.api.context import ApiContext
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+MAX_BODY = 64 * 1024  # bytes; larger request bodies get 413
+STATIC_DIR = Path(__file__).with_name("static")
+
+
+def create_app(ctx: ApiContext, extra_routers: Iterable[tuple[APIRouter, str]] = ()) -> FastAPI:
+    """Build the app. `extra_routers` are (router, sub-prefix) pairs, e.g. the /training and
+    /ota routers; they are mounted under /api/v1 and every route in them requires a token."""
+    app = FastAPI(title="brain robot API", version=brain.__version__,
+                  openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs",
+                  redoc_url=None, max_body_size=MAX_BODY)
+    app.state.ctx = ctx
+    app.include_router(routes_core.router, prefix=API_PREFIX)
+    app.include_router(routes_live.router, prefix=API_PREFIX)
+    app.include_router(routes_episodes.router, prefix=API_PREFIX)
+    for router, sub in extra_routers:
+        app.include_router(router, prefix=API_PREFIX + sub, dependencies=[Depends(require_client)])
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # Only real bugs get here: every expected failure is mapped to a 4xx by its route.
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="webui")
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+class SecurityHeaders:
+    """Pure ASGI (not BaseHTTPMiddleware, which costs a task per request and buffers
+    streams): nosniff everywhere, no caching of API answers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        api = scope["path"].startswith(API_PREFIX)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                if api:
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

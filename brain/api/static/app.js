@@ -1,0 +1,160 @@
+// brain web teleop: pairing, then the drive screen. Plain JS, no build step.
+// Auth: the bearer token from POST /api/v1/pair lives in localStorage and goes in the
+// Authorization header of fetch() calls. The <img> MJPEG view, the EventSource telemetry and
+// the teleop WebSocket cannot send headers, so they carry a short-lived ?ticket= from
+// POST /api/v1/ticket instead (the long-lived token never appears in a URL).
+"use strict";
+const API = "/api/v1";
+const $ = (id) => document.getElementById(id);
+const state = { token: localStorage.getItem("brainToken"), ws: null, es: null, mode: "",
+  cmd: { steering: 0, throttle: 0 }, keys: new Set(), joy: null, timer: null };
+
+async function api(path, opts = {}) {
+  const headers = { "Content-Type": "application/json" };
+  if (state.token) headers.Authorization = "Bearer " + state.token;
+  const r = await fetch(API + path, { ...opts, headers });
+  if (r.status === 401) { showPair(); throw new Error("not paired"); }
+  const body = r.headers.get("content-type")?.includes("json") ? await r.json() : null;
+  if (!r.ok) throw new Error((body && (typeof body.detail === "string" ? body.detail
+    : JSON.stringify(body.detail))) || r.statusText);
+  return body;
+}
+
+function showPair() {
+  stopLive();
+  $("drive-screen").hidden = true; $("pair-screen").hidden = false;
+}
+
+$("pair-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  $("pair-error").textContent = "";
+  try {
+    const r = await fetch(API + "/pair", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ code: $("pair-code").value.trim(), client_name: $("pair-client").value.trim() }) });
+    const body = await r.json();
+    if (!r.ok) throw new Error(typeof body.detail === "string" ? body.detail : "invalid code or name");
+    state.token = body.token; localStorage.setItem("brainToken", body.token);
+    localStorage.setItem("brainFingerprint", body.fingerprint);
+    showDrive();
+  } catch (e) { $("pair-error").textContent = e.message; }
+});
+
+async function showDrive() {
+  $("pair-screen").hidden = true; $("drive-screen").hidden = false;
+  await startLive();
+}
+
+async function startLive() {
+  stopLive();
+  const { ticket } = await api("/ticket", { method: "POST" });
+  const q = "?ticket=" + encodeURIComponent(ticket);
+  $("camera").src = API + "/camera.mjpeg" + q;
+  state.es = new EventSource(API + "/telemetry" + q);
+  state.es.onmessage = (ev) => showTelemetry(JSON.parse(ev.data));
+  state.es.onerror = () => setLink(false);
+  const proto = location.protocol === "https:" ? "wss://" : "ws://";
+  const ws = new WebSocket(proto + location.host + API + "/teleop" + q);
+  state.ws = ws;
+  ws.onopen = () => setLink(true);
+  ws.onclose = () => { setLink(false); if (state.ws === ws) setTimeout(reconnect, 1000); };
+  state.timer = setInterval(sendTeleop, 50); // 20 Hz: well inside the robot's deadman
+}
+
+async function reconnect() { if (!$("drive-screen").hidden) { try { await startLive(); } catch (e) {} } }
+
+function stopLive() {
+  clearInterval(state.timer);
+  if (state.es) state.es.close();
+  const ws = state.ws; state.ws = null; if (ws) ws.close();
+  $("camera").removeAttribute("src");
+}
+
+function setLink(ok) { const l = $("link"); l.textContent = ok ? "link ok" : "link down";
+  l.className = "link " + (ok ? "ok" : "down"); }
+
+function showTelemetry(t) {
+  state.mode = t.mode;
+  const m = $("mode"); m.textContent = t.mode; m.className = "mode " + t.mode;
+  $("rate").textContent = (t.rate_hz ?? 0).toFixed(1) + " Hz";
+  $("lateness").textContent = "p99 " + (t.lateness_ms?.p99 ?? 0).toFixed(2) + " ms";
+  $("action").textContent = "s " + t.action.steering.toFixed(2) + " t " + t.action.throttle.toFixed(2);
+  const rec = t.recorder?.recording; const b = $("record");
+  b.classList.toggle("on", !!rec); b.textContent = rec ? "■ Stop recording" : "● Record";
+}
+
+// --- inputs: joystick, keyboard, gamepad; the strongest source wins -----------------------
+function clamp(v) { return Math.max(-1, Math.min(1, v)); }
+function currentCommand() {
+  if (state.joy) return state.joy;
+  const pads = navigator.getGamepads ? [...navigator.getGamepads()].filter(Boolean) : [];
+  for (const p of pads) {
+    const s = p.axes[0] || 0, th = -(p.axes[3] || 0) || ((p.buttons[7]?.value || 0) - (p.buttons[6]?.value || 0));
+    if (Math.abs(s) > 0.08 || Math.abs(th) > 0.08) return { steering: clamp(s), throttle: clamp(th) };
+  }
+  const k = state.keys;
+  const steer = (k.has("ArrowRight") || k.has("d") ? 1 : 0) - (k.has("ArrowLeft") || k.has("a") ? 1 : 0);
+  const thr = (k.has("ArrowUp") || k.has("w") ? 0.5 : 0) - (k.has("ArrowDown") || k.has("s") ? 0.5 : 0);
+  return { steering: steer, throttle: thr };
+}
+
+function sendTeleop() {
+  const ws = state.ws;
+  if (!ws || ws.readyState !== WebSocket.OPEN || state.mode !== "manual") return;
+  ws.send(JSON.stringify(currentCommand()));
+}
+
+document.addEventListener("keydown", (e) => {
+  if (e.target.tagName === "INPUT") return;
+  if (e.key === " ") { e.preventDefault(); estop(); return; }
+  state.keys.add(e.key.length === 1 ? e.key.toLowerCase() : e.key);
+});
+document.addEventListener("keyup", (e) => state.keys.delete(e.key.length === 1 ? e.key.toLowerCase() : e.key));
+window.addEventListener("blur", () => state.keys.clear());
+
+const joy = $("joystick");
+function joyMove(e) {
+  const r = joy.getBoundingClientRect();
+  const x = clamp(((e.clientX - r.left) / r.width) * 2 - 1), y = clamp(((e.clientY - r.top) / r.height) * 2 - 1);
+  state.joy = { steering: x, throttle: -y };
+  $("knob").style.left = (35 + x * 35) + "%"; $("knob").style.top = (35 + y * 35) + "%";
+}
+function joyEnd() { state.joy = null; $("knob").style.left = "35%"; $("knob").style.top = "35%"; }
+joy.addEventListener("pointerdown", (e) => { joy.setPointerCapture(e.pointerId); joyMove(e); });
+joy.addEventListener("pointermove", (e) => { if (state.joy) joyMove(e); });
+joy.addEventListener("pointerup", joyEnd); joy.addEventListener("pointercancel", joyEnd);
+
+// --- buttons --------------------------------------------------------------------------------
+async function setMode(mode) {
+  $("drive-error").textContent = "";
+  try { const r = await api("/mode", { method: "POST", body: JSON.stringify({ mode }) }); state.mode = r.mode; }
+  catch (e) { $("drive-error").textContent = e.message; }
+}
+async function estop() { state.joy = null; state.keys.clear(); await setMode("estop"); }
+$("estop").addEventListener("click", estop);
+document.querySelectorAll("[data-mode]").forEach((b) => b.addEventListener("click", () => setMode(b.dataset.mode)));
+$("record").addEventListener("click", async () => {
+  $("drive-error").textContent = "";
+  const on = $("record").classList.contains("on");
+  try { await api(on ? "/episodes/stop" : "/episodes/start", { method: "POST", body: on ? null : "{}" }); }
+  catch (e) { $("drive-error").textContent = e.message; }
+});
+$("show-episodes").addEventListener("click", async () => {
+  const box = $("episodes"); box.hidden = !box.hidden; if (box.hidden) return;
+  const { episodes } = await api("/episodes");
+  const ul = $("episode-list"); ul.replaceChildren();
+  for (const ep of episodes) { const li = document.createElement("li");
+    li.textContent = `${ep.id} · ${ep.steps} steps`; ul.append(li); }
+  if (!episodes.length) ul.textContent = "no episodes yet";
+});
+$("show-diagnostics").addEventListener("click", async () => {
+  const pre = $("diagnostics"); pre.hidden = !pre.hidden;
+  if (!pre.hidden) pre.textContent = JSON.stringify(await api("/diagnostics"), null, 2);
+});
+$("unpair").addEventListener("click", () => { localStorage.removeItem("brainToken"); state.token = null; showPair(); });
+
+(async function init() {
+  try { const h = await (await fetch(API + "/health")).json(); $("robot-name").textContent = h.name;
+    document.title = h.name + " · brain"; } catch (e) {}
+  if (!state.token) { showPair(); return; }
+  try { await api("/status"); await showDrive(); } catch (e) { showPair(); }
+})();

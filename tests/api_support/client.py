@@ -1,0 +1,37 @@
+"""Shared fixtures for the API tests: a real ApiServer on loopback around a FakeService."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from brain.api.server import ApiServer
+from brain.config import Config
+from tests.api_support.fake_service import FakeService
+
+
+@contextmanager
+def running_server(state_dir: Path, *, tls: bool = False, mdns: bool = False,
+                   deadman_ms: int = 250) -> Iterator[tuple[ApiServer, FakeService]]:
+    cfg = Config()
+    cfg.api.port, cfg.api.tls, cfg.api.mdns = 0, tls, mdns
+    cfg.safety.deadman_ms = deadman_ms
+    svc = FakeService(deadman_s=deadman_ms / 1000)
+    server = ApiServer(svc, cfg, state_dir)
+    server.start()
+    try:
+        yield server, svc
+    finally:
+        server.stop()
+        svc.close()
+
+
+def pair(server: ApiServer, name: str = "tester") -> dict[str, str]:
+    code = server.pairing.new_code()["code"]
+    with httpx.Client(base_url=server.url, verify=False) as c:
+        r = c.post("/api/v1/pair", json={"code": code, "client_name": name})
+        r.raise_for_status()
+    return {"Authorization": f"Bearer {r.json()['token']}"}

@@ -2,13 +2,11 @@
 a loopback load (one teleop WebSocket at 50 Hz, one MJPEG viewer, 100 /status requests/s),
 plus /status latency p50/p99. Both phases run in one invocation; the ratio is what counts.
 
-In-process (default): a 50 Hz absolute-deadline loop thread shares the process with ApiServer
-and the test FakeService, as in the daemon; the load runs in a separate process.
-`--daemon-cmd "brain run --sim"`: drive a real daemon instead; its lateness comes from
-`--status-cmd` (default `brain status --json`, key lateness_ms.p99) after each phase, and the
-pairing code from `--pair-cmd` (default `brain pair --json`).
+Default: the real daemon on the simulator (manual mode, camera on, policy armed-ready), its
+loop histograms reset over the control socket at the start of each phase; the load runs in a
+separate process. `--in-process`: a bare 50 Hz loop thread beside ApiServer and a fake service.
 
-    python bench/api.py [--seconds 10] [--daemon-cmd CMD --url http://127.0.0.1:8080]
+    python bench/api.py [--seconds 10]
 """
 
 from __future__ import annotations
@@ -138,48 +136,62 @@ def in_process(seconds: float, realtime: bool) -> dict:
 
 
 def with_daemon(args: argparse.Namespace) -> dict:
+    """The real daemon (`brain run --sim` by default) in a fresh state dir; the loop's
+    histograms are reset over the control socket at the start of each phase."""
     import httpx
 
-    def status_p99() -> float:
-        out = subprocess.run(shlex.split(args.status_cmd), capture_output=True, text=True)
-        return float(json.loads(out.stdout)["lateness_ms"]["p99"])
+    from brain.control_socket import ControlClient
 
-    proc = subprocess.Popen(shlex.split(args.daemon_cmd))
+    state = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    env = {**os.environ, "BRAIN_STATE_DIR": str(state), "BRAIN_API_PORT": str(args.port),
+           "BRAIN_API_MDNS": "0"}
+    url = f"http://127.0.0.1:{args.port}"
+    proc = subprocess.Popen(shlex.split(args.daemon_cmd), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    client = ControlClient(state / "run" / "control.sock")
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while True:
             try:
-                httpx.get(args.url + "/api/v1/health", verify=False, timeout=1)
+                httpx.get(url + "/api/v1/health", timeout=1).raise_for_status()
                 break
             except httpx.HTTPError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the daemon did not come up") from None
                 time.sleep(0.5)
-        code = json.loads(subprocess.run(shlex.split(args.pair_cmd), capture_output=True,
-                                         text=True).stdout)["code"]
-        token = httpx.post(args.url + "/api/v1/pair", verify=False,
+        code = client.call("pair")["code"]
+        token = httpx.post(url + "/api/v1/pair",
                            json={"code": code, "client_name": "bench"}).json()["token"]
+        client.call("mode", mode="manual")
+        time.sleep(2.0)  # settle: start-up allocations are not part of either phase
+        client.call("stats.reset")
         time.sleep(args.seconds)
-        base = status_p99()
-        client = run_load(args.url, token, args.seconds)
-        loaded = status_p99()  # cumulative in the daemon: an upper bound on the delta's effect
+        base = client.call("status")
+        client.call("stats.reset")
+        load_res = run_load(url, token, args.seconds)
+        loaded = client.call("status")
     finally:
         proc.terminate()
         proc.wait(30)
-    return {"baseline_lateness_ms": {"p99": base}, "loaded_lateness_ms": {"p99": loaded},
-            **client}
+    return {"baseline_lateness_ms": base["lateness_ms"], "loaded_lateness_ms":
+            loaded["lateness_ms"], "baseline_overruns": base["overruns"],
+            "loaded_overruns": loaded["overruns"], "control_thread": base.get("thread"),
+            **load_res}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
-    ap.add_argument("--daemon-cmd", help="run this daemon instead of the in-process stand-in")
-    ap.add_argument("--url", default="http://127.0.0.1:8080", help="daemon API URL")
-    ap.add_argument("--status-cmd", default="brain status --json")
-    ap.add_argument("--pair-cmd", default="brain pair --json")
+    ap.add_argument("--daemon-cmd", default=f"{sys.executable} -m brain run --sim",
+                    help="the daemon to measure (default: the simulator daemon)")
+    ap.add_argument("--port", type=int, default=18080, help="API port for the daemon")
+    ap.add_argument("--in-process", action="store_true",
+                    help="measure a bare loop thread beside ApiServer + a fake service instead")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-realtime", action="store_true",
                     help="keep the loop thread SCHED_OTHER (in-process mode)")
     args = ap.parse_args()
-    res = with_daemon(args) if args.daemon_cmd else in_process(args.seconds, not args.no_realtime)
+    res = in_process(args.seconds, not args.no_realtime) if args.in_process else with_daemon(args)
     b, lo = res["baseline_lateness_ms"]["p99"], res["loaded_lateness_ms"]["p99"]
     res["added_p99_ms"] = round(lo - b, 3)
     res["ratio_p99"] = round(lo / b, 2) if b else None

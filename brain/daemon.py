@@ -146,6 +146,7 @@ class Daemon:
         c = self.control
         c.register("status", lambda a: self.status(histogram=bool(a.get("histogram"))))
         c.register("mode", self._cmd_mode)
+        c.register("stats.reset", self._cmd_stats_reset)
         c.register("drive", self._cmd_drive)
         if self.episodes is not None:
             ep = self.episodes
@@ -173,6 +174,12 @@ class Daemon:
             raise ValueError(f"not in manual mode (mode is {self.modes.mode.value}); "
                              "run `brain mode manual` first")
         return {"accepted": True, "deadman_ms": self.cfg.safety.deadman_ms}
+
+    def _cmd_stats_reset(self, _args: dict[str, Any]) -> dict[str, Any]:
+        """Start the lateness/duration histograms and overrun counts afresh (benchmarks)."""
+        assert self.loop is not None
+        self.loop.reset_stats()
+        return {"reset": True}
 
     def _cmd_stall(self, args: dict[str, Any]) -> dict[str, Any]:
         seconds = float(args.get("seconds", 0))

@@ -94,6 +94,13 @@ class ControlLoop:
             time.sleep(0.005)
         return self.stats.ticks > 0
 
+    def reset_stats(self) -> None:
+        """Restart the histograms and overrun counters (tick counts and rate keep going)."""
+        self.stats.lateness = LatencyHistogram()
+        self.stats.duration = LatencyHistogram()
+        self.stats.overruns = 0
+        self.stats.missed_ticks = 0
+
     def stall(self, seconds: float) -> None:
         """Test hook: make the loop thread hang (simulates a stuck driver)."""
         self._stall_s = float(seconds)

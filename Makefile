@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 PIP_INSTALL := $(BIN)/pip install -q -c constraints.txt
 PREFIX ?= /opt/brain
 DESTDIR ?=
+PURGE ?= 0
 SECONDS_BENCH ?= 60
 
 .PHONY: run test test-unit test-interop bench lint seed install uninstall clean help
@@ -52,7 +53,7 @@ install:
 	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" bash scripts/install.sh
 
 uninstall:
-	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" bash scripts/uninstall.sh
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" PURGE="$(PURGE)" bash scripts/uninstall.sh
 
 clean:
 	rm -rf $(VENV) .venv-interop var build *.egg-info

@@ -35,8 +35,11 @@ def _client(args: argparse.Namespace) -> ControlClient:
 # -- commands -------------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import faulthandler
+
     from brain.daemon import Daemon
 
+    faulthandler.enable()  # a watchdog SIGABRT then leaves every thread's stack in the journal
     return Daemon(args.config).run()
 
 

@@ -1,0 +1,1 @@
+"""On-device diagnostics: `brain health`, `brain validate-hardware`, `brain diag bundle`."""

@@ -102,7 +102,8 @@ def _register_plugins(sub: argparse._SubParsersAction, make_client: Callable[[],
     """Command groups owned by other packages register themselves here."""
     import importlib
 
-    for module in ("brain.rlds.cli", "brain.diag.cli", "brain.api.cli", "brain.collect"):
+    for module in ("brain.rlds.cli", "brain.diag.cli", "brain.api.cli", "brain.collect",
+                   "brain.neutral"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -156,7 +156,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     c.add_argument("action", choices=("check", "show", "defaults"))
     c.set_defaults(func=cmd_config)
 
-    dbg = sub.add_parser("debug", help=argparse.SUPPRESS)
+    dbg = sub.add_parser("debug", help="test hooks (only with BRAIN_TEST_HOOKS=1)")
     dsub = dbg.add_subparsers(dest="debug_cmd", required=True)
     st = dsub.add_parser("stall", help="test hook: stall the control loop (BRAIN_TEST_HOOKS=1)")
     st.add_argument("--seconds", type=float, required=True)

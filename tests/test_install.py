@@ -49,6 +49,7 @@ def test_install_produces_the_expected_tree() -> None:
     assert not missing, f"not installed: {missing}"
     cfg = (dest / "etc/brain/brain.toml").read_text()
     assert 'profile = "sim"' in cfg  # x86_64 here: the simulator profile
+    assert 'host = "0.0.0.0"' in cfg and "port = 8443" in cfg  # the robot serves the LAN
     assert (dest / "etc/brain/brain.toml").stat().st_mode & 0o777 == 0o640
     pyvenv = (dest / "opt/brain/venv/pyvenv.cfg").read_text()
     assert "include-system-site-packages = true" in pyvenv  # picamera2 from apt on the Pi

@@ -1,0 +1,30 @@
+"""Process-model rules that are easy to break by accident: the control loop imports no HTTP,
+torch or SQLite, and the daemon never imports torch (start-up stays fast, memory small)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+FORBIDDEN_IN_LOOP = ("torch", "fastapi", "uvicorn", "starlette", "httpx", "sqlite3", "aiohttp")
+
+
+def imported_after(code: str) -> set[str]:
+    probe = code + ("\nimport sys, json\n"
+                    "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, check=True)
+    return set(json.loads(out.stdout.splitlines()[-1]))
+
+
+def test_control_loop_imports_no_http_torch_or_sqlite():
+    mods = imported_after("import brain.control.loop, brain.control.policy, "
+                          "brain.control.modes, brain.hardware.sim, brain.rlds.recorder")
+    assert not mods & set(FORBIDDEN_IN_LOOP), mods & set(FORBIDDEN_IN_LOOP)
+
+
+def test_daemon_with_api_never_imports_torch():
+    mods = imported_after("import brain.daemon, brain.daemon_service, brain.api.server, "
+                          "brain.cli")
+    assert "torch" not in mods and "tensorflow" not in mods

@@ -11,7 +11,10 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from brain.api.service import MODE_COMMANDS
+from brain.control.modes import Mode, ModeError, ModeMachine
 from tests.api_support.client import pair, running_server
+from tests.api_support.fake_service import FakeService
 
 
 @pytest.fixture()
@@ -51,13 +54,38 @@ def test_unauthenticated_calls_get_401_except_health_and_pair(api):
 def test_mode_state_machine_and_estop_latch(api):
     _server, svc, c = api
     assert c.post("/api/v1/mode", json={"mode": "drive"}).status_code == 409
-    assert c.post("/api/v1/mode", json={"mode": "arm"}).json()["mode"] == "armed"
+    assert c.post("/api/v1/mode", json={"mode": "arm"}).json()["mode"] == "autonomous_armed"
+    assert c.post("/api/v1/mode", json={"mode": "drive"}).json()["mode"] == "autonomous_driving"
     assert c.post("/api/v1/mode", json={"mode": "estop"}).json()["mode"] == "estop"
     r = c.post("/api/v1/mode", json={"mode": "manual"})
     assert r.status_code == 409 and "latched" in r.json()["detail"]
     assert c.get("/api/v1/status").json()["mode"] == "estop"
     assert c.post("/api/v1/mode", json={"mode": "reset"}).json()["mode"] == "idle"
     assert c.post("/api/v1/mode", json={"mode": "fly"}).status_code == 422
+
+
+@pytest.mark.parametrize("start", [m.value for m in Mode])
+def test_fake_service_modes_match_the_daemon(start):
+    """The fake must refuse and accept exactly what brain.control.modes.ModeMachine does, and
+    report the same mode values, or the API tests would model a daemon that does not exist."""
+    for request in MODE_COMMANDS:
+        machine = ModeMachine(deadman_s=0.25, policy_available=True)
+        machine.mode = Mode(start)
+        fake = FakeService()
+        try:
+            fake.mode = start
+            try:
+                want: str | None = machine.request(request).value
+            except ModeError:
+                want = None
+            try:
+                got: str | None = fake.set_mode(request)["mode"]
+            except ValueError:
+                got = None
+            assert got == want, (start, request)
+            assert fake.mode == machine.mode.value
+        finally:
+            fake.close()
 
 
 @pytest.mark.parametrize("body", [b"{", b"[]", b'{"mode": 3}', b'{"mode":"idle","x":1}', b""])

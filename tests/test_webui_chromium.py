@@ -1,19 +1,29 @@
-"""The web teleop page in a real browser: Debian chromium, headless, driven by Playwright.
+"""The web teleop page in a real browser against the real daemon.
 
-Pair with a code, arm, switch to manual and drive with the keyboard, watch telemetry follow,
-hit the e-stop and see the mode latch. Skipped when chromium or playwright is missing; the
-browser is never downloaded.
+`python -m brain run --sim` serves the page and the API on a free loopback port (plain HTTP, mDNS
+off); Debian chromium, headless, driven by Playwright, pairs with the code from
+`brain pair --json`, arms, lets the seed policy drive the simulated car, switches to manual and
+drives with the keyboard, sees the camera, hits the e-stop and sees the mode latch. What the page
+shows is cross-checked with `brain status --json` over the control socket. Skipped when chromium
+or playwright is missing (a failure under BRAIN_REQUIRE_ALL_TESTS=1); the browser is never
+downloaded.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
-from tests.api_support.client import running_server
+from tests.daemon_support import DaemonProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api")
@@ -21,46 +31,136 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium")]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
+MAX_STEERING = 0.8  # below the keyboard's full lock, so the daemon's clamp shows in telemetry
+CAMERA = (640, 480)
 
 
-def test_pair_arm_drive_telemetry_estop(tmp_path):
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(what: str, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = fn()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture()
+def daemon(tmp_path: Path) -> Iterator[tuple[DaemonProcess, str]]:
+    port = free_port()
+    d = DaemonProcess(tmp_path / "state", "--sim", env={
+        "BRAIN_API_ENABLED": "1", "BRAIN_API_HOST": "127.0.0.1", "BRAIN_API_PORT": str(port),
+        "BRAIN_API_MDNS": "0", "BRAIN_API_TLS": "0", "BRAIN_ROBOT_NAME": "webui-car",
+        "BRAIN_SAFETY_MAX_STEERING": str(MAX_STEERING), "BRAIN_CAMERA_WIDTH": str(CAMERA[0]),
+        "BRAIN_CAMERA_HEIGHT": str(CAMERA[1])})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        d.wait_ready()
+
+        def api_up() -> bool:
+            if d.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {d.proc.returncode}:\n{d.log()}")
+            try:
+                return httpx.get(url + "/api/v1/health", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until("the API", api_up)
+        yield d, url
+    finally:
+        rc = d.stop()
+        assert rc == 0, f"daemon exited {rc}:\n{d.log()}"
+
+
+def wait_for_ticks(page: Any, above: int) -> None:
+    """Until the telemetry shown on the page reports more than `above` loop ticks."""
+    page.wait_for_function(f"Number(document.querySelector('#rate').dataset.ticks) > {above}")
+
+
+def action_of(text: str) -> tuple[float, float]:
+    """'s 0.80 t 0.50' (the page's #action) -> (0.8, 0.5)."""
+    _s, steering, _t, throttle = text.split()
+    return float(steering), float(throttle)
+
+
+def test_pair_arm_drive_telemetry_estop(daemon, tmp_path):
+    d, url = daemon
     shot = Path(os.environ.get("BRAIN_WEBUI_SCREENSHOT", tmp_path / "drive.png"))
-    with running_server(tmp_path / "state") as (server, svc), playwright.sync_playwright() as p:
+    with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 390, "height": 844}, has_touch=True,
                                     is_mobile=True, device_scale_factor=2)
-            page.goto(server.url + "/")
+            page.set_default_timeout(10_000)
+            page.goto(url + "/")
             page.wait_for_selector("#pair-screen:not([hidden])")
-            assert page.inner_text("#robot-name") == "testbot"
+            page.wait_for_selector("#robot-name:text-is('webui-car')")
             page.fill("#pair-code", "000000")
             page.fill("#pair-client", "chromium")
             page.click("#pair-form button")
             page.wait_for_selector("#pair-error:text('wrong')")
-            page.fill("#pair-code", server.pairing.new_code()["code"])
+            code = json.loads(d.cli("pair", "--json").stdout)["code"]
+            page.fill("#pair-code", code)
             page.click("#pair-form button")
             page.wait_for_selector("#drive-screen:not([hidden])")
             page.wait_for_selector("#link.ok")
+            page.wait_for_selector("#mode[data-value=idle]")
 
+            # Arm: the policy is loaded but the car stays still.
             page.click("[data-mode=arm]")
-            page.wait_for_selector("#mode:text-is('armed')")
+            page.wait_for_selector("#mode[data-value=autonomous_armed]:text-is('armed')")
+            page.wait_for_selector("[data-mode=arm].active")
+            st = d.status()
+            assert st["mode"] == "autonomous_armed" and st["action"]["throttle"] == 0.0
+
+            # Drive: the seed policy steers and throttles the simulated car.
+            page.click("[data-mode=drive]")
+            page.wait_for_selector("#mode[data-value=autonomous_driving]:text-is('driving')")
+            page.wait_for_function("Number(document.querySelector('#action').textContent"
+                                   ".split(' ')[3]) !== 0")
+            wait_for_ticks(page, int(page.get_attribute("#rate", "data-ticks") or 0) + 5)
+            st = d.status()
+            assert st["mode"] == "autonomous_driving" and st["action"]["source"] == "policy"
+            assert st["action"]["throttle"] != 0.0
+
+            # Manual: the keyboard drives; telemetry shows what the daemon applied (clamped).
             page.click("[data-mode=manual]")
-            page.wait_for_selector("#mode:text-is('manual')")
+            page.wait_for_selector("#mode[data-value=manual]")
             page.keyboard.down("ArrowUp")
             page.keyboard.down("ArrowRight")
-            page.wait_for_selector("#action:text-is('s 1.00 t 0.50')", timeout=5000)
-            assert svc.action == (1.0, 0.5)
+            want = f"s {MAX_STEERING:.2f} t 0.50"
+            page.wait_for_selector(f"#action:text-is('{want}')")
+            st = wait_until("status to show the key command",
+                            lambda: (s := d.status())["action"]["source"] == "manual" and s)
+            assert (st["action"]["steering"], st["action"]["throttle"]) == (MAX_STEERING, 0.5)
+            assert action_of(page.text_content("#action") or "") == (MAX_STEERING, 0.5)
             page.wait_for_function("document.querySelector('#camera').naturalWidth > 0")
+            assert page.evaluate("[document.querySelector('#camera').naturalWidth, "
+                                 "document.querySelector('#camera').naturalHeight]") == list(CAMERA)
             page.screenshot(path=str(shot))
             page.keyboard.up("ArrowUp")
             page.keyboard.up("ArrowRight")
 
+            # E-stop latches: a following manual request is refused and the mode stays estop.
             page.click("#estop")
-            page.wait_for_selector("#mode:text-is('estop')")
-            assert svc.mode == "estop" and svc.action == (0.0, 0.0)
+            page.wait_for_selector("#mode[data-value=estop]:text-is('e-stop')")
+            page.wait_for_selector("[data-mode=reset].active")
+            st = wait_until("a neutral e-stop", lambda: (s := d.status())["mode"] == "estop"
+                            and s["action"]["throttle"] == 0.0 and s)
+            assert st["action"]["steering"] == 0.0 and st["estop_reason"]
             page.click("[data-mode=manual]")
             page.wait_for_selector("#drive-error:text('latched')")
-            assert page.text_content("#mode") == "estop" and svc.mode == "estop"
+            ticks = int(page.get_attribute("#rate", "data-ticks") or 0)
+            wait_for_ticks(page, ticks + 10)  # later telemetry events still read estop
+            assert page.get_attribute("#mode", "data-value") == "estop"
+            assert d.status()["mode"] == "estop"
 
             page.click("#record")
             page.wait_for_selector("#record.on")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from zeroconf import (
+    DNSQuestionType,
     InterfaceChoice,
     IPVersion,
     ServiceBrowser,
@@ -136,7 +137,10 @@ def discover(timeout: float = 3.0, interfaces: Iterable[str] | None = None) -> l
             with lock:
                 names.add(name)
 
-    browser = ServiceBrowser(zc, BRAIN_TYPE, handlers=[on_change])
+    # Multicast answers from the first query on: a unicast (QU) answer to a browser on the
+    # robot's own host can be delivered to the robot's socket instead, and the robot is missed.
+    browser = ServiceBrowser(zc, BRAIN_TYPE, handlers=[on_change],
+                             question_type=DNSQuestionType.QM)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

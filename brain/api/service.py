@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 #: Mode names accepted by `set_mode`. `arm` and `reset` are transitions, not resting modes:
-#: `arm` enters "armed" (policy loaded, not moving), `reset` leaves a latched e-stop for "idle".
+#: `arm` enters "autonomous_armed" (policy running, outputs neutral), `drive` enters
+#: "autonomous_driving", `reset` leaves a latched e-stop for "idle".
 MODE_COMMANDS = ("idle", "manual", "arm", "drive", "estop", "reset")
 
 

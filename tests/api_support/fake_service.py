@@ -1,5 +1,7 @@
 """A fake BrainService for the API tests: a real mode state machine and a real deadman.
 
+It reports the daemon's own mode values (`brain.control.modes.Mode`: idle, manual,
+autonomous_armed, autonomous_driving, estop) and refuses the transitions the daemon refuses.
 A 50 Hz "loop" thread applies the same rules the daemon does: in MANUAL the last teleop command
 holds until the deadman expires, then the action goes neutral; teleop_release neutralises at
 once. Every change of the applied action is logged with its time on this service's clock
@@ -21,6 +23,11 @@ from typing import Any
 
 import numpy as np
 import simplejpeg
+
+# The daemon's mode values (brain.control.modes.Mode), spelled out so the API tests pin them.
+ARMED, DRIVING = "autonomous_armed", "autonomous_driving"
+TARGETS = {"idle": "idle", "manual": "manual", "arm": ARMED, "drive": DRIVING,
+           "estop": "estop", "reset": "idle"}
 
 
 class FakeService:
@@ -63,9 +70,9 @@ class FakeService:
                 self.ticks += 1
                 if self.mode == "manual" and now - self.last_teleop > self.deadman_s:
                     self._apply((0.0, 0.0), "deadman")
-                elif self.mode == "drive":
+                elif self.mode == DRIVING:
                     self._apply((round(0.5 * math.sin(self.ticks / 10), 3), 0.3), "policy")
-                elif self.mode not in ("manual", "drive"):
+                elif self.mode not in ("manual", DRIVING):
                     self._apply((0.0, 0.0), "mode")
                 if self.recording is not None:
                     self.recording["steps"] += 1
@@ -98,13 +105,15 @@ class FakeService:
             cur = self.mode
             if cur == "estop" and mode not in ("estop", "reset"):
                 raise ValueError("e-stop is latched: send reset first")
-            if mode == "drive" and cur not in ("armed", "drive"):
+            if mode == "reset" and cur != "estop":
+                raise ValueError(f"cannot reset from {cur}")
+            if mode == "drive" and cur not in (ARMED, DRIVING):
                 raise ValueError(f"cannot drive from {cur}: arm first")
-            new = {"arm": "armed", "reset": "idle"}.get(mode, mode)
-            if new not in ("idle", "manual", "armed", "drive", "estop"):
-                raise ValueError(f"unknown mode {mode!r}")
+            new = TARGETS.get(mode)
+            if new is None:
+                raise ValueError(f"unknown mode request {mode!r}")
             self.mode = new
-            if new not in ("manual", "drive"):
+            if new not in ("manual", DRIVING):
                 self._apply((0.0, 0.0), "mode")
         return {"mode": self.mode, "previous": cur}
 

@@ -2,7 +2,8 @@
 
 Run: python -m tests.api_support.helper_server --state-dir D [--host H --port P
 --mdns-interfaces ADDRS --tls]. Prints "READY <url> <fingerprint>" once listening and runs
-until SIGTERM/SIGINT. Tests start the real daemon instead when BRAIN_TEST_DAEMON_CMD is set.
+until SIGTERM/SIGINT. tests/test_discovery_netns.py runs the real daemon by default and this
+stand-in with BRAIN_TEST_DAEMON_CMD=standin.
 """
 
 from __future__ import annotations

@@ -72,12 +72,28 @@ function stopLive() {
 function setLink(ok) { const l = $("link"); l.textContent = ok ? "link ok" : "link down";
   l.className = "link " + (ok ? "ok" : "down"); }
 
+// The daemon's mode values (brain.control.modes.Mode) and what the driver reads. The raw value
+// stays on #mode as data-value (for CSS and tests); the data-mode buttons are requests.
+const MODE_LABELS = { idle: "idle", manual: "manual", autonomous_armed: "armed",
+  autonomous_driving: "driving", estop: "e-stop" };
+const MODE_OF_REQUEST = { idle: "idle", manual: "manual", arm: "autonomous_armed",
+  drive: "autonomous_driving", reset: "estop" }; // reset is the way out of a latched e-stop
+
+function showMode(mode) {
+  state.mode = mode;
+  const m = $("mode"); m.textContent = MODE_LABELS[mode] ?? mode; m.dataset.value = mode;
+  m.title = mode;
+  document.querySelectorAll("button[data-mode]").forEach((b) =>
+    b.classList.toggle("active", MODE_OF_REQUEST[b.dataset.mode] === mode));
+}
+
 function showTelemetry(t) {
-  state.mode = t.mode;
-  const m = $("mode"); m.textContent = t.mode; m.className = "mode " + t.mode;
+  showMode(t.mode);
+  $("rate").dataset.ticks = t.ticks ?? 0;
   $("rate").textContent = (t.rate_hz ?? 0).toFixed(1) + " Hz";
   $("lateness").textContent = "p99 " + (t.lateness_ms?.p99 ?? 0).toFixed(2) + " ms";
-  $("action").textContent = "s " + t.action.steering.toFixed(2) + " t " + t.action.throttle.toFixed(2);
+  const a = t.action ?? {};
+  $("action").textContent = "s " + (a.steering ?? 0).toFixed(2) + " t " + (a.throttle ?? 0).toFixed(2);
   const rec = t.recorder?.recording; const b = $("record");
   b.classList.toggle("on", !!rec); b.textContent = rec ? "■ Stop recording" : "● Record";
 }
@@ -126,12 +142,12 @@ joy.addEventListener("pointerup", joyEnd); joy.addEventListener("pointercancel",
 // --- buttons --------------------------------------------------------------------------------
 async function setMode(mode) {
   $("drive-error").textContent = "";
-  try { const r = await api("/mode", { method: "POST", body: JSON.stringify({ mode }) }); state.mode = r.mode; }
+  try { const r = await api("/mode", { method: "POST", body: JSON.stringify({ mode }) }); showMode(r.mode); }
   catch (e) { $("drive-error").textContent = e.message; }
 }
 async function estop() { state.joy = null; state.keys.clear(); await setMode("estop"); }
 $("estop").addEventListener("click", estop);
-document.querySelectorAll("[data-mode]").forEach((b) => b.addEventListener("click", () => setMode(b.dataset.mode)));
+document.querySelectorAll("button[data-mode]").forEach((b) => b.addEventListener("click", () => setMode(b.dataset.mode)));
 $("record").addEventListener("click", async () => {
   $("drive-error").textContent = "";
   const on = $("record").classList.contains("on");

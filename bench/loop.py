@@ -29,6 +29,7 @@ from brain.control.histogram import LatencyHistogram  # noqa: E402
 from brain.control.loop import ControlLoop  # noqa: E402
 from brain.control.modes import ModeMachine  # noqa: E402
 from brain.control.policy import PolicyRunner, load_policy  # noqa: E402
+from brain.control.rt import renice_threads  # noqa: E402
 from brain.control.safety import SafetyLimits  # noqa: E402
 from brain.daemon import resolve_model_dir  # noqa: E402
 from brain.hardware.factory import make_robot  # noqa: E402
@@ -57,8 +58,10 @@ class Hogs:
             p.join(5)
 
 
-def make_parts(camera: bool):
+def make_parts(camera: bool, brain_settings: bool = True):
     cfg = load_config(env={k: v for k, v in os.environ.items() if k.startswith("BRAIN_")})
+    if brain_settings:
+        renice_threads(cfg.control.nice)  # as the daemon does, before its threads start
     if not camera:
         cfg.camera.fps = 1  # the sim renders one frame a second: no camera load to speak of
     robot = make_robot(cfg)
@@ -97,7 +100,7 @@ def run_brain_loop(seconds: float, camera: bool) -> dict:
 
 def run_naive_loop(seconds: float, camera: bool) -> dict:
     """What DonkeyCar and LeRobot do: work, then sleep a relative period."""
-    cfg, robot, runner, modes, limits = make_parts(camera)
+    cfg, robot, runner, modes, limits = make_parts(camera, brain_settings=False)
     sys.setswitchinterval(0.005)  # interpreter default
     runner.start()
     runner.enabled.set()

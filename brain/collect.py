@@ -16,6 +16,7 @@ from typing import Any
 
 from brain.control.loop import ControlLoop
 from brain.control.modes import ModeMachine
+from brain.control.rt import renice_threads
 from brain.control.safety import SafetyLimits
 from brain.hardware.factory import make_robot
 from brain.hardware.robot import Observation, RobotError
@@ -63,6 +64,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     modes = ModeMachine(cfg.safety.deadman_ms / 1000.0)
     limits = SafetyLimits(cfg.safety.max_steering, cfg.safety.max_throttle, cfg.safety.max_reverse)
     sys.setswitchinterval(cfg.control.switch_interval_ms / 1000.0)
+    renice_threads(cfg.control.nice)
     loop = ControlLoop(robot, modes, limits, cfg.drive_hz, realtime=cfg.control.realtime,
                        rt_priority=cfg.control.rt_priority, cpu=cfg.control.cpu)
     teacher = robot.teacher_action  # type: ignore[attr-defined]

@@ -114,6 +114,10 @@ class ControlConfig:
     rt_priority: int = setting(50, "SCHED_FIFO priority of the control thread.", min=1, max=99)
     cpu: int = setting(-1, "Pin the control thread to this CPU; -1 = no pinning.",
                        min=-1, max=1023)
+    nice: int = setting(-10, "Nice value of the daemon's other threads (applied when "
+                        "permitted). They hold the GIL the control thread needs: one preempted "
+                        "by an ordinary process while holding it stalls the loop.",
+                        min=-20, max=19)
     switch_interval_ms: float = setting(0.1, "Python GIL switch interval (ms); short keeps "
                                         "other threads (API, camera) from delaying the loop: "
                                         "0.5 added 0.8 ms to p99 under API load, 0.1 added none.",

@@ -23,6 +23,7 @@ from brain.control.loop import ControlLoop
 from brain.control.model import SEED_MODEL_DIR, ModelError
 from brain.control.modes import ModeMachine
 from brain.control.policy import Policy, PolicyRunner, load_policy
+from brain.control.rt import renice_threads
 from brain.control.safety import SafetyLimits
 from brain.control_socket import ControlServer
 from brain.hardware.factory import make_robot
@@ -240,6 +241,9 @@ class Daemon:
     def run(self) -> int:
         cfg = self.cfg
         sys.setswitchinterval(cfg.control.switch_interval_ms / 1000.0)
+        note = renice_threads(cfg.control.nice)  # before any thread starts: they inherit it
+        if note:
+            log.warning("%s", note)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle_signal)
         cfg.state_path.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,6 @@ from brain.config import Config
 
 log = logging.getLogger(__name__)
 
-API_THREAD_NICE = 5  # the API thread yields the CPU to the control loop
 
 
 def is_loopback(host: str) -> bool:
@@ -137,10 +136,6 @@ class ApiServer:
                  self.fingerprint if self.tls else "off")
 
     def _run(self, sock: socket.socket) -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), API_THREAD_NICE)
-        except OSError:
-            pass  # only a nicety: the loop thread's own priority matters more
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:

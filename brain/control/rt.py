@@ -44,3 +44,15 @@ def configure_control_thread(realtime: bool, priority: int, cpu: int) -> list[st
     except (OSError, AttributeError):
         pass
     return notes
+
+
+def renice_threads(nice: int) -> str | None:
+    """Set the calling thread's nice value; threads started afterwards inherit it. Call before
+    starting threads. Returns a warning when refused, None when applied."""
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) != nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as e:
+        return (f"cannot set nice {nice} ({e.strerror or e}): ordinary processes may delay the "
+                "daemon's threads; grant CAP_SYS_NICE or set Nice= in the unit")
+    return None

@@ -11,13 +11,18 @@ JPEG bytes, referenced per step, never re-encoded.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import hashlib
 import json
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +69,11 @@ def prepare_cloud_export(episodes_dir: Path, out_dir: Path, *,
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.urandom(4).hex()}"
     tmp.mkdir()
     try:
-        manifest = _build(episodes_dir, ids, tmp, skip_empty=episode_ids is None,
-                          anonymize=anonymize, origin=origin,
-                          name=dataset_name, shard_max_bytes=shard_max_bytes,
-                          description=description)
+        with _gc_paused():
+            manifest = _build(episodes_dir, ids, tmp, skip_empty=episode_ids is None,
+                              anonymize=anonymize, origin=origin,
+                              name=dataset_name, shard_max_bytes=shard_max_bytes,
+                              description=description)
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above); rename cannot replace it atomically
         os.replace(tmp, out_dir)
@@ -76,6 +82,20 @@ def prepare_cloud_export(episodes_dir: Path, out_dir: Path, *,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (process-wide) for the export's duration. Decoding
+    the steps creates thousands of small dicts and lists, none of them in cycles, and the GC kept
+    traversing them: pausing it took ~15 % off an export here. The previous state comes back."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _select(episodes_dir: Path, episode_ids: list[str] | None) -> list[str]:
@@ -93,49 +113,114 @@ def _select(episodes_dir: Path, episode_ids: list[str] | None) -> list[str]:
 
 
 class _ShardWriter:
-    """Writes TFRecord records from buffer lists with writev. The sha256 runs on a worker
-    thread (hashlib releases the GIL on large buffers) so hashing overlaps the writes."""
+    """Appends TFRecord records to one shard from buffer lists (writev: the JPEGs are never
+    joined into one big copy).
 
-    def __init__(self, path: Path) -> None:
+    Speed: once the caller has taken the CRC (C, ~10 GB/s), two worker threads (`pool.io`,
+    `pool.sha`; one each, shared by all shards, so order is kept) take the record at the same
+    time, one to write it, the other to hash it, and both overlap the caller reading and
+    validating the next episode: writev, fsync and hashlib (on buffers over 2 KiB) release the
+    GIL, so this really runs in parallel. The writer also starts the disk writeback early (see
+    _start_writeback), so the fsync at close has little left to do. At most one record is in
+    flight, bounding memory to about two episodes.
+    """
+
+    def __init__(self, path: Path, pool: _Workers) -> None:
         self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self.pool = pool
         self.sha = hashlib.sha256()
-        self._hasher = ThreadPoolExecutor(max_workers=1)  # one worker: updates stay in order
-        self._hashing: list[Future[None]] = []
-        self.size = 0
+        self._pending: list[Future[None]] = []
+        self.size = 0  # bytes once every submitted record is written
         self.records = 0
+        self._written = self._flushed = 0
 
     def write(self, bufs: list[bytes]) -> None:
-        length = sum(len(b) for b in bufs)
+        self._wait()  # raises the previous record's I/O error, if any
         crc = 0
         for b in bufs:
             crc = google_crc32c.extend(crc, b)
-        header = _header(length)
-        footer = mask_crc(crc).to_bytes(4, "little")
-        everything = [header, *bufs, footer]
-        for i in range(0, len(everything), _IOV_BATCH):
-            batch = everything[i:i + _IOV_BATCH]
-            want = sum(len(b) for b in batch)
-            done = os.writev(self.fd, batch)
-            if done != want:  # short write (rare): finish this batch plainly
-                rest = b"".join(batch)[done:]
-                while rest:
-                    rest = rest[os.write(self.fd, rest):]
-            self._hashing.append(self._hasher.submit(self._hash, batch))
+        length = sum(map(len, bufs))
+        everything = [_header(length), *bufs, mask_crc(crc).to_bytes(4, "little")]
+        self._pending = [self.pool.io.submit(self._writev, everything),
+                         self.pool.sha.submit(self._hash, everything)]
         self.size += length + OVERHEAD
         self.records += 1
 
-    def _hash(self, batch: list[bytes]) -> None:
-        for b in batch:
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
+
+    def _writev(self, everything: list[bytes]) -> None:
+        for i in range(0, len(everything), _IOV_BATCH):
+            batch = everything[i:i + _IOV_BATCH]
+            want = sum(map(len, batch))
+            done = os.writev(self.fd, batch)
+            if done != want:  # short write (rare): finish it plainly
+                rest = b"".join(batch)[done:]
+                while rest:
+                    rest = rest[os.write(self.fd, rest):]
+            self._written += want
+            if self._written - self._flushed >= _WRITEBACK_CHUNK:
+                _start_writeback(self.fd, self._flushed, self._written - self._flushed)
+                self._flushed = self._written
+
+    def _hash(self, everything: list[bytes]) -> None:
+        for b in everything:
             self.sha.update(b)
 
     def close(self) -> dict[str, Any]:
-        os.fsync(self.fd)
-        os.close(self.fd)
-        for f in self._hashing:
-            f.result()
-        self._hasher.shutdown()
+        """Wait for the writes, fsync and close; the file's sha256 and size."""
+        try:
+            if self._pending:
+                self._pending[0].result()  # written; the fsync overlaps the hash's end
+            os.fsync(self.fd)
+            self._wait()
+        finally:
+            self.abort()
         return {"path": self.path.name, "sha256": self.sha.hexdigest(), "bytes": self.size}
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _load_sync_file_range() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux/glibc: the fsync at close does it all
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+_WRITEBACK_CHUNK = 8 << 20
+
+
+def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Ask the kernel to start writing this range to disk now, without waiting (Linux
+    sync_file_range, which the os module does not wrap; databases use it the same way). The
+    disk then works while we hash and write the rest, instead of all at the final fsync, which
+    stays the durability guarantee: this call only schedules, and its failure changes nothing."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
+
+
+class _Workers:
+    """The export's two I/O threads (see _ShardWriter); leaving the with-block waits for both."""
+
+    def __enter__(self) -> _Workers:
+        self.io = ThreadPoolExecutor(1, thread_name_prefix="rlds-export-io")
+        self.sha = ThreadPoolExecutor(1, thread_name_prefix="rlds-export-sha")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.io.shutdown(wait=True)
+        self.sha.shutdown(wait=True)
 
 
 def _header(length: int) -> bytes:
@@ -143,11 +228,20 @@ def _header(length: int) -> bytes:
     return n + mask_crc(google_crc32c.value(n)).to_bytes(4, "little")
 
 
-def _build(episodes_dir: Path, ids: list[str], tmp: Path, *, skip_empty: bool,
-           anonymize: bool, origin: str,
-           name: str, shard_max_bytes: int, description: str) -> dict[str, Any]:
-    anon = Anonymizer(os.urandom(16)) if anonymize else None
+def _build(episodes_dir: Path, ids: list[str], tmp: Path, **kw: Any) -> dict[str, Any]:
     shards: list[_ShardWriter] = []
+    try:
+        with _Workers() as pool:
+            return _export(episodes_dir, ids, tmp, pool, shards, **kw)
+    finally:  # the with-block waited for the worker, so no write can race these closes
+        for sh in shards:
+            sh.abort()
+
+
+def _export(episodes_dir: Path, ids: list[str], tmp: Path, pool: _Workers,
+            shards: list[_ShardWriter], *, skip_empty: bool, anonymize: bool, origin: str,
+            name: str, shard_max_bytes: int, description: str) -> dict[str, Any]:
+    anon = Anonymizer(os.urandom(16)) if anonymize else None
     reports, entries, skipped = [], [], []
     spec: tuple[int, tuple[int, int, int] | None] | None = None
     spec_from = ""
@@ -172,7 +266,7 @@ def _build(episodes_dir: Path, ids: list[str], tmp: Path, *, skip_empty: bool,
                               f"{image_shape}, but {spec_from} has {spec[0]} and {spec[1]}; "
                               "export them separately")
         if not shards or shards[-1].size >= shard_max_bytes:
-            shards.append(_ShardWriter(tmp / f"shard-{len(shards):05d}"))
+            shards.append(_ShardWriter(tmp / f"shard-{len(shards):05d}", pool))
         bufs, trimmed = _episode_example(ep, report["status"], image_shape is not None, anon)
         shards[-1].write(bufs)
         entries.append({"id": eid, "status": report["status"], "steps": report["steps"] - trimmed,
@@ -189,6 +283,8 @@ def _build(episodes_dir: Path, ids: list[str], tmp: Path, *, skip_empty: bool,
         files.append({**info, "path": final})
     for e in entries:
         e["shard"] = files[e["shard"]]["path"]
+    # After the shards' fsync, not during their writes: on ext4 the fsync of even a small file
+    # commits the journal and so waits for every pending write (measured: 30-160 ms, not 1).
     lengths = [sh.records for sh in shards]
     meta_files = {
         "features.json": features_json(spec[0], spec[1]),
@@ -197,9 +293,7 @@ def _build(episodes_dir: Path, ids: list[str], tmp: Path, *, skip_empty: bool,
     }
     for fname, obj in meta_files.items():
         data = json.dumps(obj, indent=4, sort_keys=True).encode()
-        (tmp / fname).write_bytes(data)
-        with open(tmp / fname, "rb") as fh:
-            os.fsync(fh.fileno())
+        _write_synced(tmp / fname, data)
         files.append({"path": fname, "sha256": hashlib.sha256(data).hexdigest(),
                       "bytes": len(data)})
     manifest = {
@@ -216,6 +310,17 @@ def _build(episodes_dir: Path, ids: list[str], tmp: Path, *, skip_empty: bool,
     return manifest
 
 
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _episode_example(ep: Episode, status: str, with_image: bool,
                      anon: Anonymizer | None) -> tuple[list[bytes], int]:
     steps = ep.steps
@@ -230,39 +335,39 @@ def _episode_example(ep: Episode, status: str, with_image: bool,
     user = ep.meta.get("metadata", {})
     if anon is not None:
         user = anon.scrub(user, f"{ep.id}.metadata")
-    texts = {
-        "language_instruction": [s["language_instruction"] for s in steps],
-        "mode": [s["mode"] for s in steps],
-    }
+
+    def col(key: str) -> list[Any]:  # one column of the steps (map + itemgetter: C speed)
+        return list(map(itemgetter(key), steps))
+
+    instructions = col("language_instruction")
     if anon is not None:
         cache: dict[str, str] = {}
-        texts["language_instruction"] = [
-            cache.setdefault(t, anon.scrub(t, f"{ep.id}.steps.language_instruction"))
-            for t in texts["language_instruction"]]
+        instructions = [cache.setdefault(t, anon.scrub(t, f"{ep.id}.steps.language_instruction"))
+                        for t in instructions]
     flags = np.zeros(n, dtype=np.int64)
     first, last = flags.copy(), flags.copy()
     first[0], last[-1] = 1, 1
-    skew = [s["frame_skew_ms"] if s["frame_skew_ms"] is not None else 0.0 for s in steps]
+    skew = [0.0 if v is None else v for v in col("frame_skew_ms")]
     feats: dict[str, list[bytes]] = {
-        "steps/action": wire.float_feature(np.array([s["action"] for s in steps], np.float32)),
+        "steps/action": wire.float_feature(np.array(col("action"), np.float32)),
         "steps/observation/state": wire.float_feature(
-            np.array([s["state"] for s in steps], np.float32).reshape(-1)),
-        "steps/reward": wire.float_feature([s["reward"] for s in steps]),
-        "steps/discount": wire.float_feature([s["discount"] for s in steps]),
+            np.array(col("state"), np.float32).reshape(-1)),
+        "steps/reward": wire.float_feature(col("reward")),
+        "steps/discount": wire.float_feature(col("discount")),
         "steps/is_first": wire.int64_feature(first),
         "steps/is_last": wire.int64_feature(last),
-        "steps/is_terminal": wire.int64_feature([int(s["is_terminal"]) for s in steps]),
-        "steps/timestamp_ns": wire.int64_feature([round(s["t_wall"] * 1e9) for s in steps]),
-        "steps/monotonic_ns": wire.int64_feature([round(s["t_mono"] * 1e9) for s in steps]),
+        "steps/is_terminal": wire.int64_feature(np.array(col("is_terminal"), np.int64)),
+        "steps/timestamp_ns": wire.int64_feature(_ns(col("t_wall"))),
+        "steps/monotonic_ns": wire.int64_feature(_ns(col("t_mono"))),
         "steps/frame_skew_ms": wire.float_feature(skew),
-        "steps/frame_new": wire.int64_feature([int(s["frame_new"]) for s in steps]),
-        "steps/language_instruction": wire.bytes_feature([t.encode() for t in
-                                                          texts["language_instruction"]]),
-        "steps/mode": wire.bytes_feature([t.encode() for t in texts["mode"]]),
+        "steps/frame_new": wire.int64_feature(np.array(col("frame_new"), np.int64)),
+        "steps/language_instruction": wire.bytes_feature(list(map(str.encode, instructions))),
+        "steps/mode": wire.bytes_feature(list(map(str.encode, col("mode")))),
     }
     if with_image:
+        jpegs = [f.jpeg for f in ep.frames]
         feats["steps/observation/image"] = wire.bytes_feature(
-            [ep.frames[s["frame"]].jpeg for s in steps])
+            list(map(jpegs.__getitem__, col("frame"))))
     sim = user.get("simulator")
     episode_text = {
         "episode_id": ep.id, "robot_id": str(user.get("robot_id", "")),
@@ -279,3 +384,8 @@ def _episode_example(ep: Episode, status: str, with_image: bool,
     feats["episode_metadata/end_time_ns"] = wire.int64_feature(
         [round((ep.meta.get("ended_wall") or steps[-1]["t_wall"]) * 1e9)])
     return wire.example(feats), trimmed
+
+
+def _ns(seconds: list[float]) -> np.ndarray:
+    """round(t * 1e9) for each t, vectorised (rint rounds half to even, as round() does)."""
+    return np.rint(np.array(seconds, dtype=np.float64) * 1e9).astype(np.int64)

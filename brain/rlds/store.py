@@ -9,6 +9,7 @@ listed; recovery removes those leftovers.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -137,25 +138,66 @@ class Episode:
 
 
 def read_log(ep_dir: Path) -> tuple[list[dict[str, Any]], list[FrameRecord], RecordReader, int]:
-    """Parse the log up to its first bad record (the reader says where and why)."""
-    steps: list[dict[str, Any]] = []
+    """Parse the log up to its first bad record (the reader says where and why).
+
+    Step payloads (JSON) are decoded all at once, as one joined array: one json.loads call for
+    3000 steps took 18 ms here against 27 ms one by one, and parsing is most of an export's
+    reading. Only when that fails are they decoded one by one, to name the first bad record.
+    """
     frames: list[FrameRecord] = []
+    frame_at: list[int] = []  # record index of each frame
+    raw: list[bytes] = []  # step payloads
+    raw_at: list[tuple[int, int]] = []  # (record index, its offset) of each step payload
     path = ep_dir / LOG_FILE
     with open(path, "rb", buffering=1 << 20) as fh:
         reader = RecordReader(fh)
         for data in reader:
+            index, offset = reader.count - 1, reader.end - len(data) - OVERHEAD
+            if data[:1] != b"F":
+                raw.append(data)
+                raw_at.append((index, offset))
+                continue
+            try:
+                frames.append(decode(data))  # type: ignore[arg-type]
+                frame_at.append(index)
+            except PayloadError as e:
+                _cut(reader, index, offset, e)
+                break
+        size = os.fstat(fh.fileno()).st_size
+    steps = _decode_steps(raw)
+    if steps is None:  # some payload is bad: find the first, as a record-by-record parse would
+        steps = []
+        for data, (index, offset) in zip(raw, raw_at, strict=True):
             try:
                 rec = decode(data)
             except PayloadError as e:
-                reader.error = f"bad payload in record {reader.count - 1}: {e}"
-                reader.end -= len(data) + OVERHEAD
+                _cut(reader, index, offset, e)
+                frames = [f for f, at in zip(frames, frame_at, strict=True) if at < index]
                 break
-            if isinstance(rec, FrameRecord):
-                frames.append(rec)
-            else:
-                steps.append(rec)
-        size = os.fstat(fh.fileno()).st_size
+            steps.append(rec)  # type: ignore[arg-type]  # not "F": never a FrameRecord
     return steps, frames, reader, size
+
+
+def _decode_steps(raw: list[bytes]) -> list[dict[str, Any]] | None:
+    """All step payloads in one json.loads; None unless every one is a complete JSON object.
+    (The payloads are the recorder's own json.dumps output, each guarded by its CRC.)"""
+    if not all(d[:2] == b"S{" and d[-1:] == b"}" for d in raw):
+        return None
+    try:
+        steps = json.loads(b"[" + b",".join([d[1:] for d in raw]) + b"]")
+    except ValueError:
+        return None
+    if len(steps) != len(raw) or not all(type(st) is dict for st in steps):
+        return None
+    return steps
+
+
+def _cut(reader: RecordReader, index: int, offset: int, e: PayloadError) -> None:
+    """Treat the log as ending before record `index` (whose payload is bad)."""
+    reader.error = f"bad payload in record {index}: {e}"
+    reader.end = offset
+    reader.count = index + 1
+    reader.torn = False  # whatever came after it does not matter
 
 
 def load_episode(episodes_dir: Path, episode_id: str) -> Episode:

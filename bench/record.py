@@ -1,0 +1,319 @@
+"""Recording cost and export throughput (issue 3's benchmark), each against a baseline run here.
+
+Recording: the real pieces `brain collect` uses (simulator at the configured 640x480@30 camera and
+50 Hz loop, the teacher driving in MANUAL, `ControlLoop`, `Recorder` behind `EpisodeControl`)
+run for --seconds twice, each in a fresh process: once without an episode open (baseline) and
+once recording (one episode, or --episodes back to back as `brain collect` records them).
+Printed: the recorder's CPU seconds per recorded second, dropped frames, bytes per second, and
+the loop's lateness p99 in both runs.
+
+How recorder CPU is measured: the recorder's threads (`rlds-writer`, `rlds-frames`) exit when the
+episode stops, taking their /proc/self/task entries with them, so the exact figure is the
+process's CPU time over the episode minus that of every thread alive throughout it (control
+loop, simulated camera, main); the per-thread split is sampled from /proc every 0.2 s by thread
+name and misses only the last sample interval. The control thread's extra cost is its CPU per
+tick while recording minus the same in the baseline run.
+
+Export: the recorded episode(s) are exported with `prepare_cloud_export` --repeat times,
+interleaved with the baseline, `cp -r` of the export's own files ("the same bytes"), followed by
+`sync` of those files and their directory, because the export fsyncs what it publishes: fsync is
+in both. Also printed, for scale: cp without sync, and cp + sync of the episode logs the export
+reads. Page cache is warm for all of them (the data was just written or read).
+
+    python bench/record.py [--seconds 60] [--episodes 1] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from brain.config import load_config  # noqa: E402
+from brain.control.loop import ControlLoop  # noqa: E402
+from brain.control.modes import ModeMachine  # noqa: E402
+from brain.control.safety import SafetyLimits  # noqa: E402
+from brain.hardware.factory import make_robot  # noqa: E402
+from brain.hardware.robot import Observation  # noqa: E402
+from brain.identity import describe  # noqa: E402
+from brain.recording import EpisodeControl  # noqa: E402
+from brain.rlds import prepare_cloud_export  # noqa: E402
+from brain.rlds.recorder import Recorder  # noqa: E402
+from brain.rlds.validate import validate_episode  # noqa: E402
+
+RECORDER_THREADS = ("rlds-writer", "rlds-frames")
+WARMUP_S = 2.0
+SAMPLE_S = 0.2
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(native_id: int) -> float | None:
+    """CPU seconds (user + system) of one thread of this process; None once it has exited."""
+    try:
+        stat = Path(f"/proc/self/task/{native_id}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the name may hold spaces: skip past it
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
+
+
+def live_threads() -> dict[str, float]:
+    out: dict[str, float] = {}
+    for t in threading.enumerate():
+        cpu = thread_cpu(t.native_id) if t.native_id is not None else None
+        if cpu is not None:
+            out[f"{t.name}#{t.native_id}"] = cpu
+    return out
+
+
+def run_once(record: bool, seconds: float, state_dir: str, episodes: int = 1) -> dict[str, Any]:
+    """One run, wired as `brain collect --teacher` wires it (brain/collect.py)."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("BRAIN_")}
+    cfg = load_config(env=env, overrides={"state_dir": state_dir})
+    robot = make_robot(cfg)
+    robot.connect()
+    modes = ModeMachine(cfg.safety.deadman_ms / 1000.0)
+    limits = SafetyLimits(cfg.safety.max_steering, cfg.safety.max_throttle, cfg.safety.max_reverse)
+    sys.setswitchinterval(cfg.control.switch_interval_ms / 1000.0)
+    loop = ControlLoop(robot, modes, limits, cfg.drive_hz, realtime=cfg.control.realtime,
+                       rt_priority=cfg.control.rt_priority, cpu=cfg.control.cpu)
+    teacher = robot.teacher_action  # type: ignore[attr-defined]
+
+    def teleoperate(obs: Observation) -> None:
+        a = teacher()
+        modes.teleop(a.steering, a.throttle, "teacher", obs.t)
+
+    loop.pre_tick.append(teleoperate)
+    episodes_dir = cfg.state_path / "rlds" / "episodes"
+    EpisodeControl.recover_store(episodes_dir)
+    recorder = Recorder(episodes_dir, robot.frames, jpeg_quality=cfg.camera.jpeg_quality,
+                        fsync_interval_s=cfg.recorder.fsync_interval_ms / 1000.0,
+                        min_free_bytes=cfg.recorder.min_free_mb << 20,
+                        max_episode_s=float(cfg.recorder.max_episode_s))
+    identity = describe(cfg.state_path, cfg.robot_name, cfg.profile)
+    camera = {"width": cfg.camera.width, "height": cfg.camera.height, "fps": cfg.camera.fps}
+    control = EpisodeControl(recorder, robot, identity, cfg.drive_hz, camera, "bench")
+    control.model_id = "teacher"
+    loop.sinks.append(control.sink)
+    modes.request("manual")
+    loop.start()
+    summaries: list[dict[str, Any]] = []
+    sampled: dict[tuple[str, int], float] = {}  # (thread name, native id): CPU seconds
+    try:
+        if not loop.wait_first_tick(5.0):
+            raise RuntimeError("the control loop did not start")
+        time.sleep(WARMUP_S)  # camera delivering, caches warm
+        loop.reset_stats()
+        ticks0 = loop.stats.ticks
+        before = live_threads()
+        sim_dropped0 = getattr(robot, "frames_dropped", 0)  # the simulator's own skips
+        cpu0 = time.process_time()
+        for _ in range(episodes if record else 1):  # back to back, as `brain collect` does
+            if record:
+                control.start("bench", "follow the track")
+            end = time.monotonic() + seconds / (episodes if record else 1)
+            while time.monotonic() < end:
+                time.sleep(SAMPLE_S)
+                for t in threading.enumerate():
+                    if t.name in RECORDER_THREADS and t.native_id is not None:
+                        cpu = thread_cpu(t.native_id)
+                        if cpu is not None:
+                            sampled[(t.name, t.native_id)] = cpu
+            if record:
+                summaries.append(control.stop("completed"))
+        cpu1 = time.process_time()
+        after = live_threads()
+        sim_dropped = getattr(robot, "frames_dropped", 0) - sim_dropped0
+        status = loop.status()
+        ticks = loop.stats.ticks - ticks0
+    finally:
+        control.close()
+        loop.stop()
+        robot.close()
+    # Threads alive from before the episode to after it: everything else (the recorder's) is
+    # the process total minus these.
+    steady = {k: after[k] - before[k] for k in before.keys() & after.keys()}
+    control_cpu = sum(v for k, v in steady.items() if k.startswith("control-loop#"))
+    return {
+        "record": record, "seconds": seconds, "ticks": ticks, "status": status,
+        "process_cpu_s": cpu1 - cpu0, "steady_threads_cpu_s": steady,
+        "recorder_cpu_s": (cpu1 - cpu0) - sum(steady.values()) if record else 0.0,
+        "recorder_threads_sampled_s": {name: sum(v for (n, _), v in sampled.items() if n == name)
+                                       for name in RECORDER_THREADS},
+        "control_cpu_per_tick_ms":
+            control_cpu / max(ticks, 1) * 1e3,
+        "summary": _combine(summaries), "episodes": len(summaries),
+        "episodes_dir": str(episodes_dir), "sim_dropped_frames": sim_dropped,
+    }
+
+
+def _combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary for back-to-back episodes: counts added up, every status listed."""
+    if not summaries:
+        return {}
+    out: dict[str, Any] = {k: sum(s.get(k) or 0 for s in summaries) for k in (
+        "steps", "frames", "dropped_frames", "unused_frames", "dropped_steps", "log_bytes",
+        "duration_s")}
+    statuses = sorted({str(s.get("status")) for s in summaries})
+    out["status"] = statuses[0] if len(statuses) == 1 else statuses
+    return out
+
+
+def _child(record: bool, seconds: float, state_dir: str, episodes: int, q: Any) -> None:
+    try:
+        q.put(run_once(record, seconds, state_dir, episodes))
+    except BaseException as e:  # report it to the parent instead of hanging it
+        q.put({"error": f"{type(e).__name__}: {e}"})
+        raise
+
+
+def measure(record: bool, seconds: float, state_dir: str, episodes: int = 1) -> dict[str, Any]:
+    # A fresh process per run: no threads, GC state or caches carried from one run to the next.
+    q: Any = mp.Queue()
+    p = mp.Process(target=_child, args=(record, seconds, state_dir, episodes, q))
+    p.start()
+    result = q.get(timeout=seconds + 120)
+    p.join(30)
+    if "error" in result:
+        raise SystemExit(f"bench/record.py: run failed: {result['error']}")
+    return result
+
+
+def _timed(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - t
+
+
+def copy_baseline(src: Path, dst: Path, sync: bool) -> float:
+    """`cp -r src dst`, then (sync=True) `sync` its files and directory: fsync, like export."""
+    t = _timed(["cp", "-r", str(src), str(dst)])
+    if sync:
+        t += _timed(["sync", *map(str, sorted(dst.rglob("*"))), str(dst)])
+    shutil.rmtree(dst)
+    return t
+
+
+def bench_export(episodes_dir: Path, scratch: Path, repeat: int) -> dict[str, Any]:
+    t_export, t_cp_sync, t_cp, t_src_sync = [], [], [], []
+    manifest: dict[str, Any] = {}
+    for r in range(repeat):  # interleaved: this machine is shared and noisy
+        out = scratch / f"export{r}"
+        t = time.perf_counter()
+        manifest = prepare_cloud_export(episodes_dir, out)
+        t_export.append(time.perf_counter() - t)
+        t_cp_sync.append(copy_baseline(out, scratch / "copy", sync=True))
+        t_cp.append(copy_baseline(out, scratch / "copy", sync=False))
+        t_src_sync.append(copy_baseline(episodes_dir, scratch / "copy", sync=True))
+        shutil.rmtree(out)
+    return {"export_bytes": manifest["counts"]["bytes"], "episodes": manifest["counts"],
+            "source_bytes": sum(p.stat().st_size for p in episodes_dir.rglob("*")
+                                if p.is_file()),
+            "t_export": t_export, "t_cp_sync": t_cp_sync, "t_cp": t_cp,
+            "t_src_sync": t_src_sync}
+
+
+def _spread(values: list[float]) -> str:
+    return f"min {min(values):.3f}, max {max(values):.3f}"
+
+
+def report_record(base: dict[str, Any], rec: dict[str, Any]) -> None:
+    s, secs = rec["summary"], rec["seconds"]
+    dur = s.get("duration_s") or secs
+    lb, lr = base["status"]["lateness_ms"], rec["status"]["lateness_ms"]
+    cam = rec["steady_threads_cpu_s"]
+    sim = rec["sim_dropped_frames"]
+    print(f"recording {secs:g} s in {rec['episodes']} episode(s): {s.get('steps')} steps, "
+          f"{s.get('frames')} frames recorded, "
+          f"{s.get('dropped_frames')} dropped ({sim} of them never rendered by the simulator's "
+          f"camera, so {s.get('dropped_frames', 0) - sim} by the recorder), "
+          f"{s.get('unused_frames')} superseded before a step used them, "
+          f"{s.get('dropped_steps')} steps dropped; status {s.get('status')}")
+    print(f"  recorder CPU: {rec['recorder_cpu_s']:.3f} s = "
+          f"{rec['recorder_cpu_s'] / dur:.4f} CPU-s per recorded second (target <= 0.035); "
+          "sampled per thread: " + ", ".join(
+              f"{k} {v:.2f} s" for k, v in sorted(rec["recorder_threads_sampled_s"].items())))
+    extra = rec["control_cpu_per_tick_ms"] - base["control_cpu_per_tick_ms"]
+    print(f"  control thread CPU per tick: {rec['control_cpu_per_tick_ms']:.3f} ms recording, "
+          f"{base['control_cpu_per_tick_ms']:.3f} ms baseline ({extra:+.3f} ms; "
+          f"{extra * rec['ticks'] / dur / 1e3:+.4f} CPU-s per recorded second)")
+    print(f"  bytes: {s.get('log_bytes', 0) / 1e6:.1f} MB = "
+          f"{s.get('log_bytes', 0) / dur / 1e6:.2f} MB/s")
+    print("  not the recorder (same in both runs): " + ", ".join(
+        f"{k.split('#')[0]} {v:.2f} s" for k, v in sorted(cam.items())))
+    print(f"  loop lateness p99: {lr['p99']:.3f} ms recording vs {lb['p99']:.3f} ms baseline "
+          f"({lr['p99'] - lb['p99']:+.3f} ms, target <= +0.5); p50 {lr['p50']:.3f} vs "
+          f"{lb['p50']:.3f}, max {lr['max']:.3f} vs {lb['max']:.3f} ms; overruns "
+          f"{rec['status']['overruns']} vs {base['status']['overruns']}; rate "
+          f"{rec['status']['rate_hz']:.3f} vs {base['status']['rate_hz']:.3f} Hz")
+    print(f"  control thread: {'; '.join(rec['status'].get('thread', []))}")
+
+
+def report_export(e: dict[str, Any]) -> None:
+    n, mb, src = len(e["t_export"]), e["export_bytes"] / 1e6, e["source_bytes"] / 1e6
+    med = {k: statistics.median(e[k]) for k in ("t_export", "t_cp_sync", "t_cp", "t_src_sync")}
+    ratios = [c / x for c, x in zip(e["t_cp_sync"], e["t_export"], strict=True)]
+    print(f"export ({e['episodes']['episodes']} episode(s), {e['episodes']['steps']} steps): "
+          f"reads {src:.1f} MB of episode logs, writes {mb:.1f} MB (one image per step)")
+    print(f"  export (validate, CRCs, sha256, fsync, atomic publish): {med['t_export']:.3f} s = "
+          f"{mb / med['t_export']:.0f} MB/s  [{_spread(e['t_export'])}]")
+    print(f"  baseline cp -r + sync of the export's bytes: {med['t_cp_sync']:.3f} s = "
+          f"{mb / med['t_cp_sync']:.0f} MB/s  [{_spread(e['t_cp_sync'])}]")
+    print(f"  ratio export/cp (same bytes, fsync in both; median of {n}): "
+          f"{med['t_cp_sync'] / med['t_export']:.2f} (target >= 0.50); per run: "
+          f"{[round(r, 2) for r in ratios]}")
+    print(f"  for scale: cp -r without sync {med['t_cp']:.3f} s = {mb / med['t_cp']:.0f} MB/s "
+          f"(ratio {med['t_cp'] / med['t_export']:.2f}); cp -r + sync of the episode logs "
+          f"{med['t_src_sync']:.3f} s = {src / med['t_src_sync']:.0f} MB/s (ratio "
+          f"{med['t_src_sync'] / med['t_export']:.2f})")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60.0, help="recording length (default 60)")
+    ap.add_argument("--episodes", type=int, default=1,
+                    help="split the recording into this many back-to-back episodes, as "
+                         "`brain collect` records them (default 1: one episode of --seconds)")
+    ap.add_argument("--repeat", type=int, default=5, help="export/cp rounds (default 5)")
+    ap.add_argument("--dir", help="scratch directory (default: a temp dir on the same disk "
+                                  "as the system temp dir)")
+    ap.add_argument("--json", metavar="PATH", help="also write the raw results as JSON")
+    args = ap.parse_args()
+    if args.seconds <= 0 or args.repeat < 1 or args.episodes < 1:
+        ap.error("--seconds must be > 0, --repeat and --episodes >= 1")
+    mp.set_start_method("spawn")
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-record-") as tmp:
+        scratch = Path(tmp)
+        state = scratch / "state"
+        print(f"recording bench: {args.seconds:g} s per run, {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.2f}")
+        base = measure(False, args.seconds, str(state))
+        rec = measure(True, args.seconds, str(state), args.episodes)
+        report_record(base, rec)
+        episodes_dir = Path(rec["episodes_dir"])
+        for eid in sorted(p.name for p in episodes_dir.iterdir() if not p.name.startswith(".")):
+            v = validate_episode(episodes_dir, eid)
+            print(f"  validate {eid}: {v['status']} {v['reasons']}; rate {v.get('rate_hz')} Hz, "
+                  f"skew p99 {v.get('skew_p99_ms')} ms, {v.get('frames')} frames")
+        exp = bench_export(episodes_dir, scratch, args.repeat)
+        report_export(exp)
+        if args.json:
+            Path(args.json).write_text(json.dumps(
+                {"baseline": base, "recording": rec, "export": exp}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -41,6 +41,8 @@ test-interop: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/loop.py --seconds $(SECONDS_BENCH)
+	$(BIN)/python bench/api.py --seconds $(shell expr $(SECONDS_BENCH) / 3)
+	$(BIN)/python bench/record.py --seconds $(SECONDS_BENCH)
 
 lint: $(STAMP)
 	$(BIN)/ruff check brain tools tests bench

@@ -75,9 +75,7 @@ def make_parts(camera: bool, brain_settings: bool = True):
 
 def run_brain_loop(seconds: float, camera: bool) -> dict:
     cfg, robot, runner, modes, limits = make_parts(camera)
-    loop = ControlLoop(robot, modes, limits, cfg.drive_hz, policy=runner,
-                       realtime=cfg.control.realtime, rt_priority=cfg.control.rt_priority,
-                       cpu=cfg.control.cpu)
+    loop = ControlLoop.from_config(robot, modes, cfg, policy=runner)
     sys.setswitchinterval(cfg.control.switch_interval_ms / 1000)
     runner.start()
     runner.enabled.set()

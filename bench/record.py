@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from brain.config import load_config  # noqa: E402
 from brain.control.loop import ControlLoop  # noqa: E402
-from brain.control.modes import ModeMachine  # noqa: E402
-from brain.control.safety import SafetyLimits  # noqa: E402
+from brain.control.modes import ModeMachine
+from brain.control.rt import renice_threads  # noqa: E402
 from brain.hardware.factory import make_robot  # noqa: E402
 from brain.hardware.robot import Observation  # noqa: E402
 from brain.identity import describe  # noqa: E402
@@ -82,13 +82,12 @@ def run_once(record: bool, seconds: float, state_dir: str, episodes: int = 1) ->
     """One run, wired as `brain collect --teacher` wires it (brain/collect.py)."""
     env = {k: v for k, v in os.environ.items() if k.startswith("BRAIN_")}
     cfg = load_config(env=env, overrides={"state_dir": state_dir})
+    renice_threads(cfg.control.nice)  # as the daemon does, before the camera thread starts
     robot = make_robot(cfg)
     robot.connect()
     modes = ModeMachine(cfg.safety.deadman_ms / 1000.0)
-    limits = SafetyLimits(cfg.safety.max_steering, cfg.safety.max_throttle, cfg.safety.max_reverse)
     sys.setswitchinterval(cfg.control.switch_interval_ms / 1000.0)
-    loop = ControlLoop(robot, modes, limits, cfg.drive_hz, realtime=cfg.control.realtime,
-                       rt_priority=cfg.control.rt_priority, cpu=cfg.control.cpu)
+    loop = ControlLoop.from_config(robot, modes, cfg)
     teacher = robot.teacher_action  # type: ignore[attr-defined]
 
     def teleoperate(obs: Observation) -> None:

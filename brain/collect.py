@@ -17,7 +17,6 @@ from typing import Any
 from brain.control.loop import ControlLoop
 from brain.control.modes import ModeMachine
 from brain.control.rt import renice_threads
-from brain.control.safety import SafetyLimits
 from brain.hardware.factory import make_robot
 from brain.hardware.robot import Observation, RobotError
 from brain.identity import describe
@@ -55,6 +54,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         return 2
     if args.track:
         cfg.profiles.sim.track = args.track
+    renice_threads(cfg.control.nice)  # before the camera thread starts: it inherits it
     robot = make_robot(cfg)
     try:
         robot.connect()
@@ -62,11 +62,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         print(f"brain collect: {e}", file=sys.stderr)
         return 1
     modes = ModeMachine(cfg.safety.deadman_ms / 1000.0)
-    limits = SafetyLimits(cfg.safety.max_steering, cfg.safety.max_throttle, cfg.safety.max_reverse)
     sys.setswitchinterval(cfg.control.switch_interval_ms / 1000.0)
-    renice_threads(cfg.control.nice)
-    loop = ControlLoop(robot, modes, limits, cfg.drive_hz, realtime=cfg.control.realtime,
-                       rt_priority=cfg.control.rt_priority, cpu=cfg.control.cpu)
+    loop = ControlLoop.from_config(robot, modes, cfg)
     teacher = robot.teacher_action  # type: ignore[attr-defined]
 
     def teleoperate(obs: Observation) -> None:

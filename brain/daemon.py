@@ -24,7 +24,6 @@ from brain.control.model import SEED_MODEL_DIR, ModelError
 from brain.control.modes import ModeMachine
 from brain.control.policy import Policy, PolicyRunner, load_policy
 from brain.control.rt import renice_threads
-from brain.control.safety import SafetyLimits
 from brain.control_socket import ControlServer
 from brain.hardware.factory import make_robot
 from brain.hardware.robot import NEUTRAL, Action, Observation, Robot, RobotError
@@ -263,15 +262,10 @@ class Daemon:
         cfg = self.cfg
         assert self.robot is not None
         self._load_policy()
-        limits = SafetyLimits(cfg.safety.max_steering, cfg.safety.max_throttle,
-                              cfg.safety.max_reverse)
         if self.policy is not None and self.robot.frames is not None:
             self.runner = PolicyRunner(self.policy, self.robot.frames,
                                        max_age_s=cfg.safety.deadman_ms / 1000.0)
-        self.loop = ControlLoop(self.robot, self.modes, limits, cfg.drive_hz, policy=self.runner,
-                                realtime=cfg.control.realtime, rt_priority=cfg.control.rt_priority,
-                                cpu=cfg.control.cpu,
-                                watchdog_margin_ticks=cfg.control.watchdog_margin_ticks)
+        self.loop = ControlLoop.from_config(self.robot, self.modes, cfg, policy=self.runner)
         self._start_recorder()
         self._register_commands()
         self.control.start()

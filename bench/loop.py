@@ -15,6 +15,7 @@ camera at the configured fps with the policy driving), camera+hog (both: the iss
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -81,6 +82,8 @@ def run_brain_loop(seconds: float, camera: bool) -> dict:
     runner.enabled.set()
     modes.request("arm")
     modes.request("drive")
+    gc.collect()
+    gc.freeze()  # as the daemon does once it is up
     loop.start()
     loop.wait_first_tick(5)
     time.sleep(seconds)
@@ -90,7 +93,8 @@ def run_brain_loop(seconds: float, camera: bool) -> dict:
     st = loop.status()
     s = loop.stats
     ideal_ticks = (s.last_start - s.started_at) / loop.period + 1
-    return {"lateness_ms": st["lateness_ms"], "overruns": st["overruns"],
+    return {"lateness_ms": st["lateness_ms"], "duration_ms": st["duration_ms"],
+            "overruns": st["overruns"],
             "missed_ticks": st["missed_ticks"], "rate_hz": st["rate_hz"], "ticks": st["ticks"],
             "behind_s": round((ideal_ticks - s.ticks) * loop.period, 4),
             "inferences": runner.inferences, "thread": st["thread"]}
@@ -177,6 +181,8 @@ def main() -> int:
         print(fmt("brain loop", brain, target))
         print(fmt("naive sleep(period)", naive, target))
         ratio = naive["lateness_ms"]["p99"] / max(brain["lateness_ms"]["p99"], 1e-3)
+        print(f"  brain tick duration p99 {brain['duration_ms']['p99']:.3f} ms, "
+              f"max {brain['duration_ms']['max']:.3f} ms")
         print(f"  p99 lateness naive/brain: {ratio:.1f}x; control thread: "
               f"{'; '.join(brain['thread'])}")
         results[cond] = {"brain": brain, "naive": naive}

@@ -7,6 +7,7 @@ control loop holds for longer than an attribute swap, so no HTTP client can dela
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tarfile
 import threading
@@ -18,9 +19,16 @@ from typing import TYPE_CHECKING, Any
 import psutil
 import simplejpeg
 
-from brain.rlds.export import ExportError, prepare_cloud_export
+from brain.durable import fsync_dir
+from brain.rlds.export import ExportError, prepare_cloud_export, run_niced
 from brain.rlds.recorder import RecorderError
-from brain.rlds.store import EpisodeBusy, EpisodeNotFound, delete_episode, list_episodes
+from brain.rlds.store import (
+    EpisodeBusy,
+    EpisodeError,
+    EpisodeNotFound,
+    delete_episode,
+    list_episodes,
+)
 
 if TYPE_CHECKING:
     from brain.daemon import Daemon
@@ -152,26 +160,44 @@ class DaemonService:
             while out.exists() or out.with_suffix(".tar").exists():
                 n += 1
                 out = exports / f"rlds-{stamp}-{n}"
+            # The heavy work (load, validate, serialise, hash, tar) runs in niced worker
+            # processes: CPU-bound Python in this process would compete with the control loop
+            # for the GIL. This thread only lists, renames and writes the small metadata.
             try:
                 prepare_cloud_export(self.episodes_dir, out, episode_ids=ids or None,
-                                     anonymize=anonymize, origin=self.d.cfg.export.origin)
+                                     anonymize=anonymize, origin=self.d.cfg.export.origin,
+                                     isolate=True)
             except EpisodeNotFound as e:
                 raise KeyError(str(e)) from None
-            except ExportError as e:
+            except (ExportError, EpisodeError) as e:
                 raise ValueError(str(e)) from None
-            archive = out.with_suffix(".tar")
-            tmp = archive.with_name(f".{archive.name}.tmp")
-            with tarfile.open(tmp, "w") as tar:  # JPEG frames do not compress: plain tar
-                tar.add(out, arcname=out.name)
-            tmp.replace(archive)
-            shutil.rmtree(out)
-            return archive
+            return run_niced(pack_archive, out)
 
     # -- health ------------------------------------------------------------------------------------
     def diagnostics(self) -> dict[str, Any]:
         from brain.diag.health import report, run_checks
 
         return report(run_checks(self.d.cfg, _InProcessClient(self.d), quick=True))
+
+
+def pack_archive(out: Path) -> Path:
+    """Pack the export directory `out` as `out`.tar (fsynced, published atomically), then
+    remove `out`. Runs in a worker process (see `DaemonService.episodes_export`)."""
+    archive = out.with_suffix(".tar")
+    tmp = archive.with_name(f".{archive.name}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            with tarfile.open(fileobj=fh, mode="w") as tar:  # JPEGs do not compress: plain tar
+                tar.add(out, arcname=out.name)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(archive)
+        fsync_dir(archive.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    shutil.rmtree(out)
+    return archive
 
 
 class _InProcessClient:

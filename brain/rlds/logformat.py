@@ -15,6 +15,7 @@ from typing import Any
 FRAME = ord("F")
 STEP = ord("S")
 _FRAME_HEAD = struct.Struct("<BqdHHB")  # kind, seq, t_capture, height, width, channels
+FRAME_HEAD_SIZE = _FRAME_HEAD.size
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,15 @@ def encode_frame(seq: int, t_capture: float, shape: tuple[int, ...], jpeg: bytes
     return _FRAME_HEAD.pack(FRAME, seq, t_capture, h, w, c) + jpeg
 
 
+def decode_frame(head: bytes, jpeg: bytes) -> FrameRecord:
+    """A frame record given as its header bytes and the JPEG after them (kept apart so the
+    JPEG is not copied again)."""
+    if len(head) < FRAME_HEAD_SIZE:
+        raise PayloadError("frame record shorter than its header")
+    _, seq, t_capture, h, w, c = _FRAME_HEAD.unpack(head)
+    return FrameRecord(seq, t_capture, (h, w, c), jpeg)
+
+
 def encode_step(step: dict[str, Any]) -> bytes:
     return b"S" + json.dumps(step, separators=(",", ":")).encode()
 
@@ -42,10 +52,7 @@ def decode(data: bytes) -> FrameRecord | dict[str, Any]:
     if not data:
         raise PayloadError("empty record")
     if data[0] == FRAME:
-        if len(data) < _FRAME_HEAD.size:
-            raise PayloadError("frame record shorter than its header")
-        _, seq, t_capture, h, w, c = _FRAME_HEAD.unpack_from(data)
-        return FrameRecord(seq, t_capture, (h, w, c), data[_FRAME_HEAD.size:])
+        return decode_frame(data[:FRAME_HEAD_SIZE], data[FRAME_HEAD_SIZE:])
     if data[0] == STEP:
         try:
             step = json.loads(data[1:])

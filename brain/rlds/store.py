@@ -8,8 +8,10 @@ listed; recovery removes those leftovers.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import mmap
 import os
 import re
 import shutil
@@ -19,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from brain.durable import atomic_write_json, fsync_dir, read_json
-from brain.rlds.logformat import FrameRecord, PayloadError, decode
-from brain.rlds.tfrecord import OVERHEAD, RecordReader
+from brain.rlds.logformat import FRAME_HEAD_SIZE, FrameRecord, PayloadError, decode, decode_frame
+from brain.rlds.tfrecord import OVERHEAD, BufferReader, RecordReader
 
 EPISODE_FILE = "episode.json"
 LOG_FILE = "steps.tfrecord"
@@ -149,21 +151,25 @@ def read_log(ep_dir: Path) -> tuple[list[dict[str, Any]], list[FrameRecord], Rec
     raw: list[bytes] = []  # step payloads
     raw_at: list[tuple[int, int]] = []  # (record index, its offset) of each step payload
     path = ep_dir / LOG_FILE
-    with open(path, "rb", buffering=1 << 20) as fh:
-        reader = RecordReader(fh)
-        for data in reader:
-            index, offset = reader.count - 1, reader.end - len(data) - OVERHEAD
-            if data[:1] != b"F":
-                raw.append(data)
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        # Mapped, not read: records are sliced straight from the page cache (one copy each);
+        # the log only ever grows while mapped (recovery truncates it under the episode lock).
+        buf = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) if size else b""
+    with contextlib.closing(buf) if isinstance(buf, mmap.mmap) else contextlib.nullcontext():
+        reader = BufferReader(buf)
+        for head, rest in reader.split(FRAME_HEAD_SIZE):
+            index, offset = reader.count - 1, reader.end - len(head) - len(rest) - OVERHEAD
+            if head[:1] != b"F":
+                raw.append(head + rest)  # a step: small
                 raw_at.append((index, offset))
                 continue
             try:
-                frames.append(decode(data))  # type: ignore[arg-type]
+                frames.append(decode_frame(head, rest))
                 frame_at.append(index)
             except PayloadError as e:
                 _cut(reader, index, offset, e)
                 break
-        size = os.fstat(fh.fileno()).st_size
     steps = _decode_steps(raw)
     if steps is None:  # some payload is bad: find the first, as a record-by-record parse would
         steps = []

@@ -8,6 +8,8 @@ The framing itself is four fields; writing it by hand avoids depending on Tensor
 
 from __future__ import annotations
 
+import io
+import mmap
 import struct
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -16,6 +18,7 @@ import google_crc32c
 
 _LEN = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
+_HEADER = struct.Struct("<QI")  # length, masked CRC of the length
 _MASK_DELTA = 0xA282EAD8
 HEADER_SIZE = _LEN.size + _CRC.size
 FOOTER_SIZE = _CRC.size
@@ -95,3 +98,48 @@ class RecordReader:
     def _fail(self, what: str, torn: bool = False) -> None:
         self.error = f"{what} in record {self.count} at byte {self.end}"
         self.torn = torn
+
+
+class BufferReader(RecordReader):
+    """A RecordReader over records already in memory (bytes, or an mmap of the file): the same
+    checks, `end`, `count`, `error` and `torn`, without three file reads per record."""
+
+    def __init__(self, buf: bytes | mmap.mmap) -> None:
+        super().__init__(io.BytesIO())  # the stream goes unused; only the buffer is read
+        self._buf = buf
+
+    def __iter__(self) -> Iterator[bytes]:
+        for head, rest in self.split(0):
+            yield head + rest if head else rest
+
+    def split(self, head_size: int) -> Iterator[tuple[bytes, bytes]]:
+        """Each record's data as (its first `head_size` bytes, the rest): two slices whose CRC
+        is checked together, so a large payload behind a small header (a JPEG behind its frame
+        header) is copied out once, not twice (google-crc32c takes bytes, not a memoryview)."""
+        buf, size, pos = self._buf, len(self._buf), self.end
+        unpack_header, unpack_crc = _HEADER.unpack_from, _CRC.unpack_from
+        while pos < size:
+            if size - pos < HEADER_SIZE:
+                self._fail("truncated record header", torn=True)
+                return
+            length, length_crc = unpack_header(buf, pos)
+            if masked_crc(buf[pos:pos + _LEN.size]) != length_crc:
+                self._fail("length CRC mismatch")
+                return
+            if length > MAX_RECORD:
+                self._fail(f"record length {length} exceeds {MAX_RECORD}")
+                return
+            start = pos + HEADER_SIZE
+            stop = start + length
+            if stop + FOOTER_SIZE > size:
+                self._fail("truncated record data", torn=True)
+                return
+            cut = min(start + head_size, stop)
+            head, rest = buf[start:cut], buf[cut:stop]
+            crc = google_crc32c.extend(google_crc32c.value(head), rest)
+            if mask_crc(crc) != unpack_crc(buf, stop)[0]:
+                self._fail("data CRC mismatch")
+                return
+            pos = self.end = stop + FOOTER_SIZE
+            self.count += 1
+            yield head, rest

@@ -25,8 +25,10 @@ def main(out: Path, expected: Path) -> None:
             rec.start_episode({"state_names": list(STATE_NAMES), "operator": "tester"})
             seq = run_ticks(rec, slot, 0.8, images=imgs, seq_start=seq)
             rec.stop_episode()
-        # Small shards so the reader has to stitch several together.
-        manifest = prepare_cloud_export(root, out, anonymize=True, shard_max_bytes=1)
+        # Small shards so the reader has to stitch several together, written by two worker
+        # processes (each names its own shards; the export numbers them in order).
+        manifest = prepare_cloud_export(root, out, anonymize=True, shard_max_bytes=1,
+                                        workers=2)
         episodes = {}
         for e in manifest["episodes"]:
             ep = load_episode(root, e["id"])

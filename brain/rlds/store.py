@@ -96,7 +96,7 @@ def list_episodes(episodes_dir: Path) -> list[dict[str, Any]]:
     root = Path(episodes_dir)
     if not root.is_dir():
         return []
-    out = []
+    out: list[dict[str, Any]] = []
     for d in sorted(root.iterdir()):
         if d.name.startswith(".") or not (d / EPISODE_FILE).is_file():
             continue

@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/brain run --sim
 
-test: test-unit test-interop
+test: test-interop test-unit  # pytest last: its summary closes the run
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -41,16 +41,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from brain.collect import teacher_rig  # noqa: E402
 from brain.config import load_config  # noqa: E402
-from brain.control.loop import ControlLoop  # noqa: E402
-from brain.control.modes import ModeMachine
-from brain.control.rt import renice_threads  # noqa: E402
-from brain.hardware.factory import make_robot  # noqa: E402
-from brain.hardware.robot import Observation  # noqa: E402
-from brain.identity import describe  # noqa: E402
-from brain.recording import EpisodeControl  # noqa: E402
 from brain.rlds import prepare_cloud_export  # noqa: E402
-from brain.rlds.recorder import Recorder  # noqa: E402
 from brain.rlds.validate import validate_episode  # noqa: E402
 
 RECORDER_THREADS = ("rlds-writer", "rlds-frames")
@@ -82,30 +75,8 @@ def run_once(record: bool, seconds: float, state_dir: str, episodes: int = 1) ->
     """One run, wired as `brain collect --teacher` wires it (brain/collect.py)."""
     env = {k: v for k, v in os.environ.items() if k.startswith("BRAIN_")}
     cfg = load_config(env=env, overrides={"state_dir": state_dir})
-    renice_threads(cfg.control.nice)  # as the daemon does, before the camera thread starts
-    robot = make_robot(cfg)
-    robot.connect()
-    modes = ModeMachine(cfg.safety.deadman_ms / 1000.0)
-    sys.setswitchinterval(cfg.control.switch_interval_ms / 1000.0)
-    loop = ControlLoop.from_config(robot, modes, cfg)
-    teacher = robot.teacher_action  # type: ignore[attr-defined]
-
-    def teleoperate(obs: Observation) -> None:
-        a = teacher()
-        modes.teleop(a.steering, a.throttle, "teacher", obs.t)
-
-    loop.pre_tick.append(teleoperate)
-    episodes_dir = cfg.state_path / "rlds" / "episodes"
-    EpisodeControl.recover_store(episodes_dir)
-    recorder = Recorder(episodes_dir, robot.frames, jpeg_quality=cfg.camera.jpeg_quality,
-                        fsync_interval_s=cfg.recorder.fsync_interval_ms / 1000.0,
-                        min_free_bytes=cfg.recorder.min_free_mb << 20,
-                        max_episode_s=float(cfg.recorder.max_episode_s))
-    identity = describe(cfg.state_path, cfg.robot_name, cfg.profile)
-    camera = {"width": cfg.camera.width, "height": cfg.camera.height, "fps": cfg.camera.fps}
-    control = EpisodeControl(recorder, robot, identity, cfg.drive_hz, camera, "bench")
-    control.model_id = "teacher"
-    loop.sinks.append(control.sink)
+    robot, modes, loop, control = teacher_rig(cfg, "bench")
+    episodes_dir = control.recorder.episodes_dir
     modes.request("manual")
     loop.start()
     summaries: list[dict[str, Any]] = []

@@ -12,16 +12,19 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from brain.control.loop import ControlLoop
 from brain.control.modes import ModeMachine
 from brain.control.rt import renice_threads
 from brain.hardware.factory import make_robot
-from brain.hardware.robot import Observation, RobotError
+from brain.hardware.robot import Observation, Robot, RobotError
 from brain.identity import describe
 from brain.recording import EpisodeControl
-from brain.rlds.recorder import Recorder, RecorderError
+from brain.rlds.recorder import RecorderError
+
+if TYPE_CHECKING:
+    from brain.config import Config
 
 
 def register(subparsers: Any, make_client: Callable[[], Any]) -> None:
@@ -42,6 +45,30 @@ def register(subparsers: Any, make_client: Callable[[], Any]) -> None:
     p.set_defaults(func=cmd_collect)
 
 
+def teacher_rig(cfg: Config, operator: str) -> tuple[Robot, ModeMachine, ControlLoop,
+                                                      EpisodeControl]:
+    """The simulated car driven by the teacher through the real loop, with the recorder as the
+    loop's step sink (also what bench/record.py measures). Raises RobotError."""
+    renice_threads(cfg.control.nice)  # before the camera thread starts: it inherits it
+    robot = make_robot(cfg)
+    robot.connect()
+    modes = ModeMachine(cfg.safety.deadman_ms / 1000.0)
+    sys.setswitchinterval(cfg.control.switch_interval_ms / 1000.0)
+    loop = ControlLoop.from_config(robot, modes, cfg)
+    teacher = robot.teacher_action  # type: ignore[attr-defined]
+
+    def teleoperate(obs: Observation) -> None:
+        a = teacher()
+        modes.teleop(a.steering, a.throttle, "teacher", obs.t)
+
+    loop.pre_tick.append(teleoperate)
+    identity = describe(cfg.state_path, cfg.robot_name, cfg.profile)
+    control = EpisodeControl.from_config(cfg, robot, identity, operator)
+    control.model_id = "teacher"
+    loop.sinks.append(control.sink)
+    return robot, modes, loop, control
+
+
 def cmd_collect(args: argparse.Namespace) -> int:
     cfg = args.config
     if cfg.profile != "sim":
@@ -54,34 +81,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
         return 2
     if args.track:
         cfg.profiles.sim.track = args.track
-    renice_threads(cfg.control.nice)  # before the camera thread starts: it inherits it
-    robot = make_robot(cfg)
     try:
-        robot.connect()
+        robot, modes, loop, control = teacher_rig(cfg, args.operator)
     except RobotError as e:
         print(f"brain collect: {e}", file=sys.stderr)
         return 1
-    modes = ModeMachine(cfg.safety.deadman_ms / 1000.0)
-    sys.setswitchinterval(cfg.control.switch_interval_ms / 1000.0)
-    loop = ControlLoop.from_config(robot, modes, cfg)
-    teacher = robot.teacher_action  # type: ignore[attr-defined]
-
-    def teleoperate(obs: Observation) -> None:
-        a = teacher()
-        modes.teleop(a.steering, a.throttle, "teacher", obs.t)
-
-    loop.pre_tick.append(teleoperate)
     episodes_dir = cfg.state_path / "rlds" / "episodes"
-    EpisodeControl.recover_store(episodes_dir)
-    recorder = Recorder(episodes_dir, robot.frames, jpeg_quality=cfg.camera.jpeg_quality,
-                        fsync_interval_s=cfg.recorder.fsync_interval_ms / 1000.0,
-                        min_free_bytes=cfg.recorder.min_free_mb << 20,
-                        max_episode_s=float(cfg.recorder.max_episode_s))
-    identity = describe(cfg.state_path, cfg.robot_name, cfg.profile)
-    camera = {"width": cfg.camera.width, "height": cfg.camera.height, "fps": cfg.camera.fps}
-    control = EpisodeControl(recorder, robot, identity, cfg.drive_hz, camera, args.operator)
-    control.model_id = "teacher"
-    loop.sinks.append(control.sink)
     modes.request("manual")
     loop.start()
     recorded: list[str] = []

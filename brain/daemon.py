@@ -30,7 +30,6 @@ from brain.hardware.robot import NEUTRAL, Action, Observation, Robot, RobotError
 from brain.identity import describe
 from brain.notify import Notifier
 from brain.recording import EpisodeControl
-from brain.rlds.recorder import Recorder
 
 log = logging.getLogger("brain.daemon")
 
@@ -203,18 +202,8 @@ class Daemon:
                  self.cfg.policy.backend)
 
     def _start_recorder(self) -> None:
-        cfg = self.cfg
         assert self.robot is not None and self.loop is not None
-        episodes_dir = cfg.state_path / "rlds" / "episodes"
-        EpisodeControl.recover_store(episodes_dir)
-        recorder = Recorder(episodes_dir, self.robot.frames,
-                            jpeg_quality=cfg.camera.jpeg_quality,
-                            fsync_interval_s=cfg.recorder.fsync_interval_ms / 1000.0,
-                            min_free_bytes=cfg.recorder.min_free_mb << 20,
-                            max_episode_s=float(cfg.recorder.max_episode_s))
-        camera = {"width": cfg.camera.width, "height": cfg.camera.height, "fps": cfg.camera.fps}
-        self.episodes = EpisodeControl(recorder, self.robot, self.identity, cfg.drive_hz, camera,
-                                       cfg.recorder.operator)
+        self.episodes = EpisodeControl.from_config(self.cfg, self.robot, self.identity)
         self.episodes.model_id = self.model_id()
         self.loop.sinks.append(self.episodes.sink)
 

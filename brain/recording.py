@@ -10,11 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from brain.hardware.robot import Action, Observation, Robot
 from brain.rlds.recorder import Recorder, StepSample
 from brain.rlds.store import recover
+
+if TYPE_CHECKING:
+    from brain.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,20 @@ class EpisodeControl:
         self._instruction = ""
         self._last_progress: float | None = None
         self._track_length = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: Config, robot: Robot, identity: dict[str, Any],
+                    operator: str | None = None) -> EpisodeControl:
+        """Recover the store, then a recorder on the robot's camera as configured."""
+        episodes_dir = cfg.state_path / "rlds" / "episodes"
+        cls.recover_store(episodes_dir)
+        recorder = Recorder(episodes_dir, robot.frames, jpeg_quality=cfg.camera.jpeg_quality,
+                            fsync_interval_s=cfg.recorder.fsync_interval_ms / 1000.0,
+                            min_free_bytes=cfg.recorder.min_free_mb << 20,
+                            max_episode_s=float(cfg.recorder.max_episode_s))
+        camera = {"width": cfg.camera.width, "height": cfg.camera.height, "fps": cfg.camera.fps}
+        return cls(recorder, robot, identity, cfg.drive_hz, camera,
+                   cfg.recorder.operator if operator is None else operator)
 
     @classmethod
     def recover_store(cls, episodes_dir: Path) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-Buffers = list[bytes]
+Buffers = list[bytes | memoryview]
 
 
 def varint(n: int) -> bytes:
@@ -33,7 +33,7 @@ def _ld(field: int, length: int) -> bytes:
     return varint(field << 3 | 2) + varint(length)
 
 
-def bytes_feature(values: Sequence[bytes]) -> Buffers:
+def bytes_feature(values: Sequence[bytes | memoryview]) -> Buffers:
     """Feature{bytes_list: BytesList{value: values}}; large values themselves are not copied."""
     n = len(values)
     if not n:

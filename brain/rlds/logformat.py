@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 FRAME = ord("F")
 STEP = ord("S")
@@ -18,12 +17,11 @@ _FRAME_HEAD = struct.Struct("<BqdHHB")  # kind, seq, t_capture, height, width, c
 FRAME_HEAD_SIZE = _FRAME_HEAD.size
 
 
-@dataclass(frozen=True)
-class FrameRecord:
+class FrameRecord(NamedTuple):  # a tuple: built thousands of times per episode read
     seq: int
     t_capture: float
     shape: tuple[int, int, int]
-    jpeg: bytes
+    jpeg: bytes | memoryview  # read back: a view into the log, not a copy
 
 
 def encode_frame(seq: int, t_capture: float, shape: tuple[int, ...], jpeg: bytes) -> bytes:
@@ -31,13 +29,12 @@ def encode_frame(seq: int, t_capture: float, shape: tuple[int, ...], jpeg: bytes
     return _FRAME_HEAD.pack(FRAME, seq, t_capture, h, w, c) + jpeg
 
 
-def decode_frame(head: bytes, jpeg: bytes) -> FrameRecord:
-    """A frame record given as its header bytes and the JPEG after them (kept apart so the
-    JPEG is not copied again)."""
-    if len(head) < FRAME_HEAD_SIZE:
+def decode_frame(data: bytes | memoryview) -> FrameRecord:
+    """A frame record; its JPEG is a slice of `data` (a memoryview stays a view: no copy)."""
+    if len(data) < FRAME_HEAD_SIZE:
         raise PayloadError("frame record shorter than its header")
-    _, seq, t_capture, h, w, c = _FRAME_HEAD.unpack(head)
-    return FrameRecord(seq, t_capture, (h, w, c), jpeg)
+    _, seq, t_capture, h, w, c = _FRAME_HEAD.unpack_from(data)
+    return FrameRecord(seq, t_capture, (h, w, c), data[FRAME_HEAD_SIZE:])
 
 
 def encode_step(step: dict[str, Any]) -> bytes:
@@ -48,14 +45,14 @@ class PayloadError(ValueError):
     """A record passed its CRC but does not hold a payload we wrote."""
 
 
-def decode(data: bytes) -> FrameRecord | dict[str, Any]:
+def decode(data: bytes | memoryview) -> FrameRecord | dict[str, Any]:
     if not data:
         raise PayloadError("empty record")
     if data[0] == FRAME:
-        return decode_frame(data[:FRAME_HEAD_SIZE], data[FRAME_HEAD_SIZE:])
+        return decode_frame(data)
     if data[0] == STEP:
         try:
-            step = json.loads(data[1:])
+            step = json.loads(bytes(data[1:]))
         except ValueError as e:
             raise PayloadError(f"step record is not JSON: {e}") from None
         if not isinstance(step, dict):

@@ -33,7 +33,7 @@ from brain.rlds.store import (
     new_episode_id,
     try_lock,
 )
-from brain.rlds.tfrecord import write_record
+from brain.rlds.tfrecord import append_record
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ class _Session:
         self.dropped_frames = 0  # camera frames the recorder never saw or had to discard
         self.unused_frames = 0  # frames superseded before any step referenced them
         self.bytes = 0
+        self.log_crc = 0  # CRC32C of the log's first `bytes` bytes (writer thread)
         self.synced_steps = 0
         self.t_start = time.monotonic()
         self.error: str | None = None
@@ -307,13 +308,15 @@ class Recorder:
                         chosen = frames[0]
                         break
                     if chosen is not None and chosen.index < 0:
-                        s.bytes += write_record(fh, encode_frame(chosen.seq, chosen.t_capture,
-                                                                 chosen.shape, chosen.jpeg))
+                        n, s.log_crc = append_record(fh, encode_frame(
+                            chosen.seq, chosen.t_capture, chosen.shape, chosen.jpeg), s.log_crc)
+                        s.bytes += n
                         chosen.index = s.frames
                         s.frames += 1
                         s.meta.setdefault("image_shape", list(chosen.shape))
-                    s.bytes += write_record(fh, encode_step(_step_record(s.steps, step, chosen,
-                                                                         prev_frame)))
+                    n, s.log_crc = append_record(fh, encode_step(
+                        _step_record(s.steps, step, chosen, prev_frame)), s.log_crc)
+                    s.bytes += n
                     prev_frame = chosen.index if chosen is not None else -1
                     s.steps += 1
                 if now - last_sync >= self.fsync_interval_s:
@@ -369,7 +372,7 @@ class Recorder:
             end_reason=s.stop_reason if s.error is None else f"error: {s.error}",
             steps=s.steps, frames=s.frames, steps_handed=s.handed,
             dropped_steps=s.dropped_steps, dropped_frames=s.dropped_frames,
-            unused_frames=s.unused_frames, log_bytes=s.bytes,
+            unused_frames=s.unused_frames, log_bytes=s.bytes, log_crc32c=s.log_crc,
         )
         atomic_write_json(s.path / EPISODE_FILE, s.meta)
         os.close(s.lock_fd)

@@ -2,7 +2,9 @@
 
 A record is: uint64 length, masked CRC32C of the length, data, masked CRC32C of the data (all
 little-endian). The CRC makes a torn or damaged tail detectable, so a log can be cut back to its
-last whole record after a crash. CRC32C comes from google-crc32c (C, hardware-accelerated).
+last whole record after a crash. CRC32C comes from the `crc32c` package (C, hardware-accelerated
+on x86 and ARMv8). It is chosen over google-crc32c because it reads any buffer: records sliced as
+memoryviews out of a mapped log are checked and re-framed without copying them.
 The framing itself is four fields; writing it by hand avoids depending on TensorFlow for it.
 """
 
@@ -14,7 +16,7 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO
 
-import google_crc32c
+from crc32c import crc32c
 
 _LEN = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
@@ -32,8 +34,8 @@ def mask_crc(crc: int) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
-def masked_crc(data: bytes) -> int:
-    return mask_crc(google_crc32c.value(data))
+def masked_crc(data: bytes | memoryview) -> int:
+    return mask_crc(crc32c(data))
 
 
 def frame_record(data: bytes) -> tuple[bytes, bytes]:
@@ -49,6 +51,17 @@ def write_record(fh: BinaryIO, data: bytes) -> int:
     fh.write(data)
     fh.write(footer)
     return len(data) + OVERHEAD
+
+
+def append_record(fh: BinaryIO, data: bytes, file_crc: int) -> tuple[int, int]:
+    """Append one record; the bytes written and `file_crc` (the CRC32C of everything written
+    before) extended over them. A log's whole-file CRC lets a reader verify it in one pass
+    instead of one check per record (see BufferReader.whole_crc)."""
+    header, footer = frame_record(data)
+    fh.write(header)
+    fh.write(data)
+    fh.write(footer)
+    return len(data) + OVERHEAD, crc32c(footer, crc32c(data, crc32c(header, file_crc)))
 
 
 class RecordReader:
@@ -102,28 +115,32 @@ class RecordReader:
 
 class BufferReader(RecordReader):
     """A RecordReader over records already in memory (bytes, or an mmap of the file): the same
-    checks, `end`, `count`, `error` and `torn`, without three file reads per record."""
+    checks, `end`, `count`, `error` and `torn`, yielding each record's data as a memoryview into
+    the buffer: nothing is copied, and the views keep the buffer alive.
 
-    def __init__(self, buf: bytes | mmap.mmap) -> None:
+    `defer_crcs=True` walks on the length fields alone (bounds still checked) and leaves both
+    CRCs of every record to `check_deferred()`, so a caller can start on the data and verify it
+    at the same time (export does, before publishing anything). Until that check passes, the
+    records may be garbage: a caller must treat any anomaly as "verify first".
+    """
+
+    def __init__(self, buf: bytes | mmap.mmap, *, defer_crcs: bool = False) -> None:
         super().__init__(io.BytesIO())  # the stream goes unused; only the buffer is read
         self._buf = buf
+        self._defer = defer_crcs
+        self._unchecked: list[int] = []  # offsets of records whose CRCs are not checked yet
 
-    def __iter__(self) -> Iterator[bytes]:
-        for head, rest in self.split(0):
-            yield head + rest if head else rest
-
-    def split(self, head_size: int) -> Iterator[tuple[bytes, bytes]]:
-        """Each record's data as (its first `head_size` bytes, the rest): two slices whose CRC
-        is checked together, so a large payload behind a small header (a JPEG behind its frame
-        header) is copied out once, not twice (google-crc32c takes bytes, not a memoryview)."""
+    def __iter__(self) -> Iterator[memoryview]:  # type: ignore[override]
         buf, size, pos = self._buf, len(self._buf), self.end
+        view = memoryview(buf)
         unpack_header, unpack_crc = _HEADER.unpack_from, _CRC.unpack_from
+        defer, unchecked = self._defer, self._unchecked
         while pos < size:
             if size - pos < HEADER_SIZE:
                 self._fail("truncated record header", torn=True)
                 return
             length, length_crc = unpack_header(buf, pos)
-            if masked_crc(buf[pos:pos + _LEN.size]) != length_crc:
+            if not defer and masked_crc(view[pos:pos + _LEN.size]) != length_crc:
                 self._fail("length CRC mismatch")
                 return
             if length > MAX_RECORD:
@@ -134,12 +151,41 @@ class BufferReader(RecordReader):
             if stop + FOOTER_SIZE > size:
                 self._fail("truncated record data", torn=True)
                 return
-            cut = min(start + head_size, stop)
-            head, rest = buf[start:cut], buf[cut:stop]
-            crc = google_crc32c.extend(google_crc32c.value(head), rest)
-            if mask_crc(crc) != unpack_crc(buf, stop)[0]:
+            data = view[start:stop]
+            if defer:
+                unchecked.append(pos)
+            elif masked_crc(data) != unpack_crc(buf, stop)[0]:
                 self._fail("data CRC mismatch")
                 return
             pos = self.end = stop + FOOTER_SIZE
             self.count += 1
-            yield head, rest
+            yield data
+
+    def whole_crc(self, size: int | None = None) -> int:
+        """CRC32C of the buffer's first `size` bytes (all by default), in one call without the
+        GIL (~3 ms for 45 MB)."""
+        view = memoryview(self._buf)
+        return crc32c(view if size is None else view[:size], 0, 1)
+
+    def check_deferred(self) -> str | None:
+        """Check the CRCs a deferred walk skipped; the first failure's description (as a
+        checking walk would have put it in `error`), or None when every record is whole.
+        CRCs of large records are taken without the GIL, so threads hashing and writing
+        meanwhile keep going; small ones keep it (letting go costs more than the CRC)."""
+        buf, view = self._buf, memoryview(self._buf)
+        unpack_header, unpack_crc = _HEADER.unpack_from, _CRC.unpack_from
+        for n, pos in enumerate(self._unchecked):
+            length, length_crc = unpack_header(buf, pos)
+            where = f"in record {n} at byte {pos}"
+            if masked_crc(view[pos:pos + _LEN.size]) != length_crc:
+                return f"length CRC mismatch {where}"
+            start = pos + HEADER_SIZE
+            stop = start + length
+            crc = crc32c(view[start:stop], 0, 1 if length > _GIL_FREE_CRC else 0)
+            if mask_crc(crc) != unpack_crc(buf, stop)[0]:
+                return f"data CRC mismatch {where}"
+        self._unchecked = []
+        return None
+
+
+_GIL_FREE_CRC = 4096

@@ -7,14 +7,13 @@ the data is sound but the episode did not close normally or misses a field-plan 
 
 from __future__ import annotations
 
-import itertools
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import simplejpeg
 
+from brain.rlds.columns import StepColumns
 from brain.rlds.store import Episode, EpisodeError, is_locked, list_episodes, load_episode
 
 RATE_MIN_HZ = 20.0
@@ -31,9 +30,13 @@ _META_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def validate_episode(episodes_dir: Path, episode_id: str,
-                     episode: Episode | None = None) -> dict[str, Any]:
-    """Validate one episode (pass `episode` when already loaded, to read it only once)."""
+def validate_episode(episodes_dir: Path, episode_id: str, episode: Episode | None = None, *,
+                     jpegs: bool = True) -> dict[str, Any]:
+    """Validate one episode (pass `episode` when already loaded, to read it only once).
+
+    `jpegs=False` leaves out check_jpegs(), the one check that depends on the image bytes, for
+    a caller that runs it later itself (export, at the same time as it writes). That check can
+    only find an episode corrupt, so the status it would leave otherwise is already final."""
     ep = episode if episode is not None else load_episode(episodes_dir, episode_id)
     corrupt: list[str] = []
     gates: list[str] = []
@@ -59,11 +62,12 @@ def validate_episode(episodes_dir: Path, episode_id: str,
         if meta.get("frames") != len(frames):
             corrupt.append(f"frame count {len(frames)} != {meta.get('frames')} in episode.json")
     stats: dict[str, Any] = {"steps": len(steps), "frames": len(frames), "bytes": ep.log_size}
-    corrupt += _check_steps(steps, len(frames))
+    corrupt += _check_steps(steps, len(frames), ep.columns)
     if not corrupt:
-        stats.update(_timing(steps, gates))
-        corrupt += _check_frames(meta, frames)
-        stats.update(_sync(steps, frames, gates))
+        stats.update(_timing(ep.columns, gates))
+        if jpegs:
+            corrupt += check_jpegs(meta, frames)
+        stats.update(_sync(ep.columns, frames, gates))
     if not steps:
         gates.append("no steps")
     result = "corrupt" if corrupt else ("incomplete" if gates else "ok")
@@ -84,28 +88,32 @@ def _tname(typ: type | tuple[type, ...]) -> str:
     return "/".join(t.__name__ for t in typ) if isinstance(typ, tuple) else typ.__name__
 
 
-def _check_steps(steps: list[dict[str, Any]], n_frames: int) -> list[str]:
-    """Schema and order of the steps. The per-step work is one type-tuple lookup; the rest runs
-    on whole columns (per-step Python was most of validation's cost, itself a third of export's).
-    Reports the first broken step like a step-by-step scan would."""
-    for n, st in enumerate(steps):
-        if tuple(map(type, map(st.get, _STEP_KEYS))) not in _STEP_TYPES:
-            key = next(k for k, t in _STEP_KEYS.items() if type(st.get(k)) not in _types(t))
-            return [f"step {n}: {key!r} missing or not {_tname(_STEP_KEYS[key])}"]
+def _check_steps(steps: list[dict[str, Any]], n_frames: int,
+                 cols: StepColumns | None = None) -> list[str]:
+    """Schema and order of the steps, checked on whole columns (per-step Python was most of
+    validation's cost, itself a third of export's). Reports the first broken step, and its
+    first broken key, like a step-by-step scan would."""
+    cols = cols if cols is not None else StepColumns(steps)
+    first_bad: dict[str, int] = {}
+    for key, typ in _STEP_KEYS.items():  # exact types: JSON gives a bool where an int is wrong
+        allowed = _types(typ)
+        values = cols.list(key)
+        if not set(map(type, values)) <= set(allowed):
+            first_bad[key] = next(n for n, v in enumerate(values) if type(v) not in allowed)
+    if first_bad:
+        n = min(first_bad.values())
+        key = next(k for k in _STEP_KEYS if first_bad.get(k) == n)
+        return [f"step {n}: {key!r} missing or not {_tname(_STEP_KEYS[key])}"]
     if not steps:
         return []
-
-    def col(key: str) -> list[Any]:
-        return _column(steps, key)
-
     count = len(steps)
-    frame = np.array(col("frame"))
-    t_mono = np.array(col("t_mono"), dtype=np.float64)
-    state_lens = np.array(list(map(len, col("state"))))
-    action_lens = np.array(list(map(len, col("action"))))
+    frame = cols.array("frame")
+    t_mono = cols.array("t_mono", np.float64)
+    state_lens = np.fromiter(map(len, cols.list("state")), np.int64, count)
+    action_lens = np.fromiter(map(len, cols.list("action")), np.int64, count)
     prev_frame = np.concatenate(([-1], frame[:-1]))
     bad = {  # which steps fail each check, in the order a step-by-step scan tests them
-        "index": np.array(col("i")) != np.arange(count),
+        "index": cols.array("i") != np.arange(count),
         "action": action_lens != 2,
         "state": state_lens != state_lens[0],
         "t_mono": np.concatenate(([False], np.diff(t_mono) <= 0)),
@@ -123,31 +131,22 @@ def _check_steps(steps: list[dict[str, Any]], n_frames: int) -> list[str]:
             "frame": f"frame reference {frame[n]} invalid ({n_frames} frames)",
         }[kind]
         return [f"step {n}: {why}"]
-    back = np.flatnonzero(np.diff(np.array(col("t_wall"), dtype=np.float64)) < -0.5) + 1
+    back = np.flatnonzero(np.diff(cols.array("t_wall", np.float64)) < -0.5) + 1
     return [f"step {n}: wall-clock timestamp went back by more than 0.5 s" for n in back]
-
-
-def _column(steps: list[dict[str, Any]], key: str) -> list[Any]:
-    return list(map(itemgetter(key), steps))  # C-speed per item, unlike a comprehension
 
 
 def _types(typ: type | tuple[type, ...]) -> tuple[type, ...]:
     return typ if isinstance(typ, tuple) else (typ,)
 
 
-# Every exact combination of value types a step may have (JSON gives exact types: a bool where
-# an int belongs is wrong, though isinstance would let it pass).
-_STEP_TYPES = set(itertools.product(*map(_types, _STEP_KEYS.values())))
-
-
 def _pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else 0.0
 
 
-def _timing(steps: list[dict[str, Any]], gates: list[str]) -> dict[str, Any]:
-    if len(steps) < 2:
+def _timing(cols: StepColumns, gates: list[str]) -> dict[str, Any]:
+    if len(cols) < 2:
         return {"rate_hz": None, "duration_s": 0.0}
-    t = np.array([s["t_mono"] for s in steps])
+    t = cols.array("t_mono", np.float64)
     duration = float(t[-1] - t[0])
     rate = (len(t) - 1) / duration
     if not RATE_MIN_HZ * (1 - RATE_TOLERANCE) <= rate <= RATE_MAX_HZ * (1 + RATE_TOLERANCE):
@@ -158,7 +157,7 @@ def _timing(steps: list[dict[str, Any]], gates: list[str]) -> dict[str, Any]:
                                  "max": float(dt.max())}}
 
 
-def _check_frames(meta: dict[str, Any], frames: list[Any]) -> list[str]:
+def check_jpegs(meta: dict[str, Any], frames: list[Any]) -> list[str]:
     """Every frame's JPEG header must decode to its recorded shape (and the episode's);
     the first and last are decoded in full. The log CRC already vouches for the bytes."""
     shape = meta.get("image_shape")
@@ -180,10 +179,10 @@ def _check_frames(meta: dict[str, Any], frames: list[Any]) -> list[str]:
     return []
 
 
-def _sync(steps: list[dict[str, Any]], frames: list[Any], gates: list[str]) -> dict[str, Any]:
-    if not frames or not steps:
+def _sync(cols: StepColumns, frames: list[Any], gates: list[str]) -> dict[str, Any]:
+    if not frames or not len(cols):
         return {"skew_p99_ms": None}
-    t_steps = np.array(_column(steps, "t_mono"))
+    t_steps = cols.array("t_mono", np.float64)
     t_frames = np.array([f.t_capture for f in frames])
     # A frame captured before the episode's first tick was carried in from before the start;
     # no step of this episode could have been taken at its capture time, so it is not judged.
@@ -197,8 +196,8 @@ def _sync(steps: list[dict[str, Any]], frames: list[Any], gates: list[str]) -> d
     hi = np.clip(idx, 0, len(t_steps) - 1)
     near = np.minimum(np.abs(t_steps[lo] - t_frames), np.abs(t_steps[hi] - t_frames))
     skew = near * 1000.0
-    framed = np.array(_column(steps, "frame")) >= 0
-    ages = np.array([s.get("frame_skew_ms") for s in steps], dtype=float)[framed]
+    framed = cols.array("frame") >= 0
+    ages = np.array(cols.list("frame_skew_ms"), dtype=float)[framed]
     p99 = _pct(skew, 99)
     if p99 > SKEW_P99_MAX_MS:
         gates.append(f"frame-to-step skew p99 {p99:.2f} ms exceeds {SKEW_P99_MAX_MS:g} ms")
@@ -208,5 +207,5 @@ def _sync(steps: list[dict[str, Any]], frames: list[Any], gates: list[str]) -> d
         "frame_age_ms": {"p50": _pct(ages, 50), "p99": _pct(ages, 99),
                          "max": float(ages.max()) if len(ages) else 0.0},
         "steps_without_frame": no_frame, "carried_in_frames": carried,
-        "new_frame_steps": _column(steps, "frame_new").count(True),
+        "new_frame_steps": cols.list("frame_new").count(True),
     }

@@ -299,6 +299,10 @@ class _ShardWriter:
         foot = mask_crc(self._crc).to_bytes(4, "little")
         self._crc = 0
         self._write_all(foot)
+        # Start writing back the record's tail now (not at close's fsync), while the hash
+        # of its last block finishes.
+        _start_writeback(self.fd, self._flushed, self._written - self._flushed)
+        self._flushed = self._written
         return foot
 
     def _write_all(self, data: bytes) -> None:

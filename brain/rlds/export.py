@@ -412,7 +412,10 @@ def _write_chunk(chunk: _Chunk, pool: _Workers, shards: list[_ShardWriter]) -> d
         # and written (below), not before: the hash is an export's long pole and can only start
         # once the record exists. Nothing is published unless every check passes.
         ep = load_episode(chunk.episodes_dir, eid, defer_crcs=True)
-        log_check = pool.io.submit(ep.verify_log) if ep.whole_log_crc is not None else None
+        # The log's verdict (None: whole): one GIL-free call, started now on the io thread, when
+        # the whole-log CRC applies; else the per-record check, run when asked.
+        log_problem = (pool.io.submit(ep.verify_log).result if ep.whole_log_crc is not None
+                       else ep.verify_log)
         try:
             report = validate_episode(chunk.episodes_dir, eid, ep, jpegs=False)
             if report["status"] == "corrupt":
@@ -431,7 +434,7 @@ def _write_chunk(chunk: _Chunk, pool: _Workers, shards: list[_ShardWriter]) -> d
             bufs, trimmed = _episode_example(ep, report["status"], episode_spec[1] is not None,
                                              anon)
         except Exception:  # with CRCs unchecked, damage can surface as anything: check first
-            problem = log_check.result() if log_check is not None else ep.verify_log()
+            problem = log_problem()
             if problem is not None:
                 raise _corrupt(chunk.episodes_dir, eid, [f"log: {problem}"]) from None
             raise
@@ -439,7 +442,7 @@ def _write_chunk(chunk: _Chunk, pool: _Workers, shards: list[_ShardWriter]) -> d
             path = chunk.tmp / f".part-{chunk.index:05d}-{len(shards):05d}"
             shards.append(_ShardWriter(path, pool))
         shards[-1].write(bufs)
-        late = log_check.result() if log_check is not None else ep.verify_log()
+        late = log_problem()
         problems = [f"log: {late}"] if late is not None else check_jpegs(ep.meta, ep.frames)
         if problems:  # the shard is unpublished scratch: raising discards it
             raise _corrupt(chunk.episodes_dir, eid, problems)

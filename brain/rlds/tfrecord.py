@@ -46,11 +46,7 @@ def frame_record(data: bytes) -> tuple[bytes, bytes]:
 
 def write_record(fh: BinaryIO, data: bytes) -> int:
     """Append one record; returns the bytes written."""
-    header, footer = frame_record(data)
-    fh.write(header)
-    fh.write(data)
-    fh.write(footer)
-    return len(data) + OVERHEAD
+    return append_record(fh, data, 0)[0]
 
 
 def append_record(fh: BinaryIO, data: bytes, file_crc: int) -> tuple[int, int]:

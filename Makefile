@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/loop.py --seconds $(SECONDS_BENCH)
 	$(BIN)/python bench/api.py --seconds $(shell expr $(SECONDS_BENCH) / 3)
 	$(BIN)/python bench/record.py --seconds $(SECONDS_BENCH)
+	$(BIN)/python bench/startup.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check brain tools tests bench

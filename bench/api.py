@@ -4,7 +4,8 @@ plus /status latency p50/p99. Both phases run in one invocation; the ratio is wh
 
 Default: the real daemon on the simulator (manual mode, camera on, policy armed-ready), its
 loop histograms reset over the control socket at the start of each phase; the load runs in a
-separate process. `--in-process`: a bare 50 Hz loop thread beside ApiServer and a fake service.
+separate process. `--in-process`: a bare 50 Hz loop thread beside ApiServer and the
+real service over a light test body.
 
     python bench/api.py [--seconds 10]
 """
@@ -107,14 +108,13 @@ def run_load(url: str, token: str, seconds: float) -> dict:
 
 def in_process(seconds: float, realtime: bool) -> dict:
     from brain.api.server import ApiServer
-    from brain.config import Config
-    from tests.api_support.fake_service import FakeService
+    from tests.api_support.light_service import LightService
 
     sys.setswitchinterval(0.0005)  # as the daemon does (control.switch_interval_ms)
-    cfg = Config()
+    svc = LightService(Path(tempfile.mkdtemp(prefix="bench-api-")))
+    cfg = svc.cfg
     cfg.api.port, cfg.api.mdns = 0, False
-    svc = FakeService()
-    server = ApiServer(svc, cfg, tempfile.mkdtemp(prefix="bench-api-"))
+    server = ApiServer(svc.service, cfg)
     server.start()
     token = server.pairing.pair(server.pairing.new_code()["code"], "bench", "local")
     hist = [LatencyHistogram()]
@@ -186,7 +186,7 @@ def main() -> None:
                     help="the daemon to measure (default: the simulator daemon)")
     ap.add_argument("--port", type=int, default=18080, help="API port for the daemon")
     ap.add_argument("--in-process", action="store_true",
-                    help="measure a bare loop thread beside ApiServer + a fake service instead")
+                    help="measure a bare loop thread beside ApiServer + a light service instead")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-realtime", action="store_true",
                     help="keep the loop thread SCHED_OTHER (in-process mode)")

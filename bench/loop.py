@@ -27,13 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from brain.config import load_config  # noqa: E402
 from brain.control.histogram import LatencyHistogram  # noqa: E402
-from brain.control.loop import ControlLoop  # noqa: E402
-from brain.control.modes import ModeMachine  # noqa: E402
-from brain.control.policy import PolicyRunner, load_policy  # noqa: E402
 from brain.control.rt import renice_threads  # noqa: E402
-from brain.control.safety import SafetyLimits  # noqa: E402
-from brain.daemon import resolve_model_dir  # noqa: E402
-from brain.hardware.factory import make_robot  # noqa: E402
+from brain.rig import Rig  # noqa: E402
 
 
 def _hog(stop: mp.synchronize.Event) -> None:  # type: ignore[name-defined]
@@ -59,37 +54,31 @@ class Hogs:
             p.join(5)
 
 
-def make_parts(camera: bool, brain_settings: bool = True):
+def make_rig(camera: bool, brain_settings: bool = True) -> Rig:
+    """The daemon's own composition (brain.rig), driving on the seed policy."""
     cfg = load_config(env={k: v for k, v in os.environ.items() if k.startswith("BRAIN_")})
     if brain_settings:
         renice_threads(cfg.control.nice)  # as the daemon does, before its threads start
     if not camera:
         cfg.camera.fps = 1  # the sim renders one frame a second: no camera load to speak of
-    robot = make_robot(cfg)
-    robot.connect()
-    policy = load_policy(str(resolve_model_dir(cfg)), cfg.policy.backend, cfg.policy.threads)
-    runner = PolicyRunner(policy, robot.frames, max_age_s=cfg.safety.deadman_ms / 1000)
-    modes = ModeMachine(cfg.safety.deadman_ms / 1000, policy_available=True)
-    limits = SafetyLimits(cfg.safety.max_steering, cfg.safety.max_throttle, cfg.safety.max_reverse)
-    return cfg, robot, runner, modes, limits
+    rig = Rig.build(cfg)
+    rig.runner.start()
+    rig.runner.enabled.set()
+    rig.modes.request("arm")
+    rig.modes.request("drive")
+    return rig
 
 
 def run_brain_loop(seconds: float, camera: bool) -> dict:
-    cfg, robot, runner, modes, limits = make_parts(camera)
-    loop = ControlLoop.from_config(robot, modes, cfg, policy=runner)
-    sys.setswitchinterval(cfg.control.switch_interval_ms / 1000)
-    runner.start()
-    runner.enabled.set()
-    modes.request("arm")
-    modes.request("drive")
+    rig = make_rig(camera)
+    loop = rig.loop
+    sys.setswitchinterval(rig.cfg.control.switch_interval_ms / 1000)
     gc.collect()
     gc.freeze()  # as the daemon does once it is up
     loop.start()
     loop.wait_first_tick(5)
     time.sleep(seconds)
-    loop.stop()
-    runner.stop()
-    robot.close()
+    rig.stop()
     st = loop.status()
     s = loop.stats
     ideal_ticks = (s.last_start - s.started_at) / loop.period + 1
@@ -97,18 +86,15 @@ def run_brain_loop(seconds: float, camera: bool) -> dict:
             "overruns": st["overruns"],
             "missed_ticks": st["missed_ticks"], "rate_hz": st["rate_hz"], "ticks": st["ticks"],
             "behind_s": round((ideal_ticks - s.ticks) * loop.period, 4),
-            "inferences": runner.inferences, "thread": st["thread"]}
+            "inferences": rig.runner.inferences, "thread": st["thread"]}
 
 
 def run_naive_loop(seconds: float, camera: bool) -> dict:
     """What DonkeyCar and LeRobot do: work, then sleep a relative period."""
-    cfg, robot, runner, modes, limits = make_parts(camera, brain_settings=False)
+    rig = make_rig(camera, brain_settings=False)
+    robot, runner, modes, limits = rig.robot, rig.runner, rig.modes, rig.loop.limits
     sys.setswitchinterval(0.005)  # interpreter default
-    runner.start()
-    runner.enabled.set()
-    modes.request("arm")
-    modes.request("drive")
-    period = 1.0 / cfg.drive_hz
+    period = 1.0 / rig.cfg.drive_hz
     hist = LatencyHistogram()
     t0 = time.monotonic()
     k = 0
@@ -128,8 +114,7 @@ def run_naive_loop(seconds: float, camera: bool) -> dict:
         wake_due = time.monotonic() + period
         time.sleep(period)
     elapsed = time.monotonic() - t0
-    runner.stop()
-    robot.close()
+    rig.stop()
     return {"lateness_ms": hist.summary_ms(), "overruns": None, "missed_ticks": None,
             "rate_hz": round(k / elapsed, 4), "ticks": k,
             "behind_s": round(elapsed - k * period, 4), "inferences": runner.inferences}

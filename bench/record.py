@@ -75,10 +75,11 @@ def run_once(record: bool, seconds: float, state_dir: str, episodes: int = 1) ->
     """One run, wired as `brain collect --teacher` wires it (brain/collect.py)."""
     env = {k: v for k, v in os.environ.items() if k.startswith("BRAIN_")}
     cfg = load_config(env=env, overrides={"state_dir": state_dir})
-    robot, modes, loop, control = teacher_rig(cfg, "bench")
+    rig = teacher_rig(cfg, "bench")
+    robot, loop, control = rig.robot, rig.loop, rig.episodes
     episodes_dir = control.recorder.episodes_dir
-    modes.request("manual")
-    loop.start()
+    rig.modes.request("manual")
+    rig.start()
     summaries: list[dict[str, Any]] = []
     sampled: dict[tuple[str, int], float] = {}  # (thread name, native id): CPU seconds
     try:
@@ -109,9 +110,7 @@ def run_once(record: bool, seconds: float, state_dir: str, episodes: int = 1) ->
         status = loop.status()
         ticks = loop.stats.ticks - ticks0
     finally:
-        control.close()
-        loop.stop()
-        robot.close()
+        rig.stop()
     # Threads alive from before the episode to after it: everything else (the recorder's) is
     # the process total minus these.
     steady = {k: after[k] - before[k] for k in before.keys() & after.keys()}

@@ -36,11 +36,12 @@ def _client(args: argparse.Namespace) -> ControlClient:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import faulthandler
+    import os
 
     from brain.daemon import Daemon
 
     faulthandler.enable()  # a watchdog SIGABRT then leaves every thread's stack in the journal
-    return Daemon(args.config).run()
+    return Daemon(args.config, test_hooks=os.environ.get("BRAIN_TEST_HOOKS") == "1").run()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     holder["config"] = cfg
     args.config = cfg
-    args.episodes_dir = cfg.state_path / "rlds" / "episodes"
+    args.episodes_dir = cfg.layout.episodes
     args.export_origin = cfg.export.origin
     _setup_logging(cfg.log_level)
     try:

@@ -14,13 +14,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from brain.control.loop import ControlLoop
-from brain.control.modes import ModeMachine
 from brain.control.rt import renice_threads
-from brain.hardware.factory import make_robot
-from brain.hardware.robot import Observation, Robot, RobotError
-from brain.identity import describe
-from brain.recording import EpisodeControl
+from brain.hardware.robot import Observation, RobotError
+from brain.rig import Rig
 from brain.rlds.recorder import RecorderError
 
 if TYPE_CHECKING:
@@ -45,28 +41,22 @@ def register(subparsers: Any, make_client: Callable[[], Any]) -> None:
     p.set_defaults(func=cmd_collect)
 
 
-def teacher_rig(cfg: Config, operator: str) -> tuple[Robot, ModeMachine, ControlLoop,
-                                                      EpisodeControl]:
-    """The simulated car driven by the teacher through the real loop, with the recorder as the
-    loop's step sink (also what bench/record.py measures). Raises RobotError."""
+def teacher_rig(cfg: Config, operator: str) -> Rig:
+    """The daemon's own rig (guard, modes, loop, recorder) on the simulated car, driven by the
+    scripted teacher as a teleoperator in MANUAL (also what bench/record.py measures). No
+    policy is loaded: the teacher drives. Raises RobotError."""
     renice_threads(cfg.control.nice)  # before the camera thread starts: it inherits it
-    robot = make_robot(cfg)
-    robot.connect()
-    modes = ModeMachine(cfg.safety.deadman_ms / 1000.0)
     sys.setswitchinterval(cfg.control.switch_interval_ms / 1000.0)
-    loop = ControlLoop.from_config(robot, modes, cfg)
-    teacher = robot.teacher_action  # type: ignore[attr-defined]
+    rig = Rig.build(cfg, with_policy=False, operator=operator, model_id="teacher")
+    teacher = rig.robot.teacher_action
+    modes = rig.modes
 
     def teleoperate(obs: Observation) -> None:
         a = teacher()
         modes.teleop(a.steering, a.throttle, "teacher", obs.t)
 
-    loop.pre_tick.append(teleoperate)
-    identity = describe(cfg.state_path, cfg.robot_name, cfg.profile)
-    control = EpisodeControl.from_config(cfg, robot, identity, operator)
-    control.model_id = "teacher"
-    loop.sinks.append(control.sink)
-    return robot, modes, loop, control
+    rig.loop.pre_tick.append(teleoperate)
+    return rig
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -82,16 +72,15 @@ def cmd_collect(args: argparse.Namespace) -> int:
     if args.track:
         cfg.profiles.sim.track = args.track
     try:
-        robot, modes, loop, control = teacher_rig(cfg, args.operator)
+        rig = teacher_rig(cfg, args.operator)
     except RobotError as e:
         print(f"brain collect: {e}", file=sys.stderr)
         return 1
-    episodes_dir = cfg.state_path / "rlds" / "episodes"
-    modes.request("manual")
-    loop.start()
+    control, loop = rig.episodes, rig.loop
+    rig.modes.request("manual")
     recorded: list[str] = []
     try:
-        loop.wait_first_tick(5.0)
+        rig.start()
         time.sleep(0.5)  # let the camera deliver before the first step
         for i in range(args.episodes):
             eid = control.start(args.operator, args.instruction)
@@ -112,11 +101,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
         print("brain collect: interrupted; the open episode is finalised", file=sys.stderr)
         return 130
     finally:
-        control.close()
-        loop.stop()
-        robot.close()
+        rig.stop()
     st = loop.status()
-    print(f"recorded {len(recorded)} episodes in {episodes_dir} "
+    print(f"recorded {len(recorded)} episodes in {cfg.layout.episodes} "
           f"(loop {st['rate_hz']:.2f} Hz, lateness p99 {st['lateness_ms']['p99']:.2f} ms, "
           f"overruns {st['overruns']})")
     return 0

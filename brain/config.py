@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from brain.paths import StateLayout
+
 SYSTEM_CONFIG = Path("/etc/brain/brain.toml")
 PROFILES = ("sim", "pi5-donkey")
 
@@ -126,6 +128,12 @@ class ControlConfig:
                                         "other threads (API, camera) from delaying the loop: "
                                         "0.5 added 0.8 ms to p99 under API load, 0.1 added none.",
                                         min=0.05, max=5.0)
+    camera_phase_lock: bool = setting(True, "Align the loop's ticks with a free-running "
+                                      "camera's frames when its frame rate divides the loop "
+                                      "rate (e.g. 25 or 50 fps at 50 Hz), so every frame is "
+                                      "taken on a tick: the field plan's frame-to-step skew "
+                                      "<= 5 ms. At 30 fps and 50 Hz frames fall up to 10 ms "
+                                      "from the nearest tick whatever the loop does.")
     watchdog_margin_ticks: int = setting(10, "Ticks the loop may fall behind before the "
                                          "systemd watchdog is no longer fed.", min=2, max=1000)
 
@@ -208,6 +216,11 @@ class Config:
         if os.environ.get("STATE_DIRECTORY"):  # set by systemd's StateDirectory=
             return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
         return Path("var")
+
+    @property
+    def layout(self) -> StateLayout:
+        """Where everything under the state directory lives (brain.paths)."""
+        return StateLayout(self.state_path)
 
     @property
     def runtime_path(self) -> Path:

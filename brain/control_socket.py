@@ -2,8 +2,15 @@
 
 Protocol: a unix stream socket in the runtime dir; the client sends one JSON object per line
 `{"cmd": "status", "args": {...}}`, the server answers one line `{"ok": true, "result": ...}` or
-`{"ok": false, "error": "..."}`. File permissions (0660, owner brain) are the authentication: this
-is the admin path, remote clients use the HTTPS API with a paired token.
+`{"ok": false, "error": "...", "kind": "refused"}` (kinds: `brain.commands.ERRORS`). File
+permissions (0660, owner brain) are the authentication: this is the admin path, remote clients
+use the HTTPS API with a paired token. The commands themselves are the service's
+(`brain.commands`): this module only carries them.
+
+Every request gets an answer, malformed ones included (not JSON, not UTF-8, nested too deep,
+too large, too slow). One thread reads all connections (an idle connection costs a file
+descriptor, not a thread), with a read timeout and a cap on open connections; complete requests
+run on a bounded set of worker threads.
 """
 
 from __future__ import annotations
@@ -11,27 +18,37 @@ from __future__ import annotations
 import json
 import logging
 import os
+import selectors
 import socket
-import socketserver
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 64 * 1024
+READ_TIMEOUT_S = 5.0  # a client must send its whole request line within this
+MAX_CONNECTIONS = 64  # open at once; more are answered "busy" and closed
+MAX_WORKERS = 16  # requests running at once (an export takes seconds)
 
 
 class ControlError(RuntimeError):
     """The daemon refused or failed a command; the message says why."""
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class DaemonNotRunning(ControlError):
     """No daemon answers on the control socket."""
 
 
-Handler = Callable[[dict[str, Any]], Any]
+Dispatch = Callable[[str, dict[str, Any]], Any]
 
 
 class ControlClient:
@@ -60,87 +77,229 @@ class ControlClient:
         except TimeoutError:
             raise ControlError(f"the daemon did not answer on {self.path} within "
                                f"{self.timeout:g} s") from None
+        except OSError as e:  # e.g. a socket path too long for AF_UNIX
+            raise ControlError(f"cannot reach the daemon on {self.path}: "
+                               f"{e.strerror or e}") from None
         if not buf:
             raise ControlError(f"the daemon closed {self.path} without answering")
-        reply = json.loads(buf)
+        try:
+            reply = json.loads(buf)
+        except ValueError:
+            raise ControlError(f"the daemon on {self.path} answered garbage") from None
         if not reply.get("ok"):
-            raise ControlError(reply.get("error", "unknown error"))
+            raise ControlError(reply.get("error", "unknown error"), reply.get("kind", ""))
         return reply.get("result")
 
 
+def _error(message: str, kind: str = "invalid") -> dict[str, Any]:
+    return {"ok": False, "error": message, "kind": kind}
+
+
+def parse_request(line: bytes) -> tuple[str, dict[str, Any]] | dict[str, Any]:
+    """(command, args), or the error reply for a malformed request."""
+    try:
+        request = orjson.loads(line)  # rejects invalid UTF-8 and nesting deeper than 1024
+    except orjson.JSONDecodeError as e:
+        return _error(f"malformed request: not JSON ({e.msg})")
+    if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+        return _error("malformed request: expected {\"cmd\": ..., \"args\": {}}")
+    args = request.get("args")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        return _error("malformed request: args must be an object")
+    return request["cmd"], args
+
+
+class _Conn:
+    __slots__ = ("sock", "buf", "deadline")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock, self.buf, self.deadline = sock, bytearray(), deadline
+
+
 class ControlServer:
-    """Serves registered command handlers on a unix socket from a background thread."""
+    """Serves `dispatch(cmd, args)` on a unix socket. `dispatch` raises CommandError for every
+    refusal; anything else is a bug, logged once and answered as an internal error."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], dispatch: Dispatch, *,
+                 max_connections: int = MAX_CONNECTIONS, max_workers: int = MAX_WORKERS,
+                 read_timeout_s: float = READ_TIMEOUT_S) -> None:
         self.path = Path(path)
-        self.handlers: dict[str, Handler] = {}
-        self._server: socketserver.ThreadingUnixStreamServer | None = None
+        self._dispatch = dispatch
+        self.max_connections = max_connections
+        self.read_timeout_s = read_timeout_s
+        self._workers = threading.BoundedSemaphore(max_workers)
+        self._listener: socket.socket | None = None
+        self._selector: selectors.BaseSelector | None = None
         self._thread: threading.Thread | None = None
-
-    def register(self, cmd: str, handler: Handler) -> None:
-        self.handlers[cmd] = handler
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = -1, -1
+        self.refused = 0  # connections turned away (cap, timeout, oversize)
 
     def dispatch(self, request: Any) -> dict[str, Any]:
-        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-            return {"ok": False,
-                    "error": "malformed request: expected {\"cmd\": ..., \"args\": {}}"}
-        args = request.get("args") or {}
-        if not isinstance(args, dict):
-            return {"ok": False, "error": "malformed request: args must be an object"}
-        handler = self.handlers.get(request["cmd"])
-        if handler is None:
-            return {"ok": False, "error": f"unknown command {request['cmd']!r}"}
+        """One request object -> its reply object (the protocol minus the framing)."""
+        parsed = parse_request(request if isinstance(request, bytes) else
+                               json.dumps(request).encode())
+        if isinstance(parsed, dict):
+            return parsed
+        cmd, args = parsed
+        if cmd == "ping":
+            return {"ok": True, "result": "pong"}
+        from brain.commands import CommandError  # the server's side only: the CLI's client
+        # never pays for pydantic, which the command definitions need
         try:
-            return {"ok": True, "result": handler(args)}
-        except (ValueError, RuntimeError, KeyError, TypeError) as e:
-            return {"ok": False, "error": str(e) or type(e).__name__}
+            return {"ok": True, "result": self._dispatch(cmd, args)}
+        except CommandError as e:
+            return _error(str(e), e.kind)
         except Exception as e:  # a handler bug must not take the daemon down
-            log.exception("control command %s failed", request["cmd"])
-            return {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
+            log.exception("control command %s failed", cmd)
+            return _error(f"internal error: {type(e).__name__}: {e}", "internal")
 
+    # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
+        if self.path.exists() or self.path.is_symlink():
             # A stale socket from a killed daemon: refuse if something still answers on it.
             try:
                 ControlClient(self.path, timeout=1.0).call("ping")
-            except DaemonNotRunning:
-                self.path.unlink()
             except ControlError:
                 self.path.unlink()
             else:
                 raise RuntimeError(f"another brain daemon is already running on {self.path}")
-        outer = self
-
-        class _Handler(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                line = self.rfile.readline(MAX_REQUEST + 1)
-                if len(line) > MAX_REQUEST:
-                    reply = {"ok": False, "error": "request too large"}
-                else:
-                    try:
-                        reply = outer.dispatch(json.loads(line))
-                    except json.JSONDecodeError:
-                        reply = {"ok": False, "error": "malformed request: not JSON"}
-                self.wfile.write(json.dumps(reply, default=str).encode() + b"\n")
-
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o117)  # socket file 0660
         try:
-            self._server = socketserver.ThreadingUnixStreamServer(str(self.path), _Handler)
+            listener.bind(str(self.path))
+        except OSError as e:
+            listener.close()
+            raise RuntimeError(f"cannot create the control socket {self.path}: "
+                               f"{e.strerror or e}") from None
         finally:
             os.umask(old_umask)
-        self._server.daemon_threads = True
-        self.register("ping", lambda _args: "pong")
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="control-socket", daemon=True)
+        listener.listen(64)
+        listener.setblocking(False)
+        self._listener = listener
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(listener, selectors.EVENT_READ, None)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._thread = threading.Thread(target=self._serve, name="control-socket", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._thread is not None:
+            self._stop.set()
+            os.write(self._wake_w, b"x")
+            self._thread.join(timeout=5.0)
+            self._thread = None
+            os.close(self._wake_r)
+            os.close(self._wake_w)
         try:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+    # -- the reader thread ----------------------------------------------------------------------
+    def _serve(self) -> None:
+        sel, listener = self._selector, self._listener
+        assert sel is not None and listener is not None
+        conns: dict[int, _Conn] = {}
+        try:
+            while not self._stop.is_set():
+                timeout = None
+                if conns:
+                    timeout = max(0.0, min(c.deadline for c in conns.values()) - time.monotonic())
+                for key, _ in sel.select(timeout):
+                    if key.data == "wake":
+                        continue
+                    if key.fileobj is listener:
+                        self._accept(listener, sel, conns)
+                    else:
+                        self._read(key.fileobj, sel, conns)  # type: ignore[arg-type]
+                now = time.monotonic()
+                for fd, c in list(conns.items()):
+                    if c.deadline <= now:
+                        del conns[fd]
+                        sel.unregister(c.sock)
+                        self.refused += 1
+                        self._answer_and_close(c.sock, _error(
+                            f"request not received within {self.read_timeout_s:g} s"))
+        finally:
+            for c in conns.values():
+                c.sock.close()
+            sel.close()
+            listener.close()
+
+    def _accept(self, listener: socket.socket, sel: selectors.BaseSelector,
+                conns: dict[int, _Conn]) -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and friends: keep serving the connections we have
+                log.warning("control socket: accept failed: %s", e)
+                return
+            if len(conns) >= self.max_connections:
+                self.refused += 1
+                self._answer_and_close(sock, _error(
+                    f"busy: {len(conns)} connections open; try again", "unavailable"))
+                continue
+            sock.setblocking(False)
+            conns[sock.fileno()] = _Conn(sock, time.monotonic() + self.read_timeout_s)
+            sel.register(sock, selectors.EVENT_READ, None)
+
+    def _read(self, sock: socket.socket, sel: selectors.BaseSelector,
+              conns: dict[int, _Conn]) -> None:
+        c = conns[sock.fileno()]
+        try:
+            chunk = sock.recv(MAX_REQUEST + 1 - len(c.buf))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        newline = chunk.find(b"\n")
+        if newline >= 0:
+            chunk = chunk[:newline]
+        c.buf += chunk
+        reply: dict[str, Any] | None = None
+        if len(c.buf) > MAX_REQUEST:
+            reply = _error("request too large")
+        elif newline < 0 and chunk:
+            return  # more to come
+        del conns[sock.fileno()]
+        sel.unregister(sock)
+        if reply is None and not c.buf:
+            sock.close()  # the client hung up without asking anything
+            return
+        if reply is not None:
+            self.refused += 1
+            self._answer_and_close(sock, reply)
+            return
+        if not self._workers.acquire(blocking=False):
+            self._answer_and_close(sock, _error("busy: too many requests running; try again",
+                                                "unavailable"))
+            return
+        threading.Thread(target=self._work, args=(sock, bytes(c.buf)), name="control-cmd",
+                         daemon=True).start()
+
+    def _work(self, sock: socket.socket, line: bytes) -> None:
+        try:
+            self._answer_and_close(sock, self.dispatch(line))
+        finally:
+            self._workers.release()
+
+    @staticmethod
+    def _answer_and_close(sock: socket.socket, reply: dict[str, Any]) -> None:
+        try:
+            sock.setblocking(True)
+            sock.settimeout(2.0)
+            sock.sendall(orjson.dumps(reply, default=str,
+                                      option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+                         + b"\n")
+        except OSError:
+            pass  # the client went away; nothing to tell it
+        finally:
+            sock.close()

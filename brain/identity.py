@@ -13,12 +13,11 @@ from typing import Any
 
 from brain import __version__
 from brain.durable import atomic_write_json, read_json
-
-IDENTITY_FILE = "identity.json"
+from brain.paths import StateLayout
 
 
 def robot_id(state_dir: Path) -> str:
-    path = state_dir / IDENTITY_FILE
+    path = StateLayout(state_dir).identity_file
     try:
         data = read_json(path)
         rid = data.get("id") if isinstance(data, dict) else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,24 +25,24 @@ log = logging.getLogger(__name__)
 
 class EpisodeControl:
     def __init__(self, recorder: Recorder, robot: Robot, identity: dict[str, Any],
-                 drive_hz: float, camera: dict[str, Any], default_operator: str = "") -> None:
+                 drive_hz: float, camera: dict[str, Any], default_operator: str = "",
+                 model_id: Callable[[], str] = lambda: "none") -> None:
         self.recorder = recorder
         self.robot = robot
         self.identity = identity
         self.drive_hz = drive_hz
         self.camera = camera
         self.default_operator = default_operator
-        self.model_id = "none"
+        self.model_id = model_id  # the active model's id, stamped on each new episode
         self._active = False
         self._instruction = ""
-        self._last_progress: float | None = None
-        self._track_length = 0.0
 
     @classmethod
     def from_config(cls, cfg: Config, robot: Robot, identity: dict[str, Any],
-                    operator: str | None = None) -> EpisodeControl:
+                    operator: str | None = None,
+                    model_id: Callable[[], str] = lambda: "none") -> EpisodeControl:
         """Recover the store, then a recorder on the robot's camera as configured."""
-        episodes_dir = cfg.state_path / "rlds" / "episodes"
+        episodes_dir = cfg.layout.episodes
         cls.recover_store(episodes_dir)
         recorder = Recorder(episodes_dir, robot.frames, jpeg_quality=cfg.camera.jpeg_quality,
                             fsync_interval_s=cfg.recorder.fsync_interval_ms / 1000.0,
@@ -49,7 +50,7 @@ class EpisodeControl:
                             max_episode_s=float(cfg.recorder.max_episode_s))
         camera = {"width": cfg.camera.width, "height": cfg.camera.height, "fps": cfg.camera.fps}
         return cls(recorder, robot, identity, cfg.drive_hz, camera,
-                   cfg.recorder.operator if operator is None else operator)
+                   cfg.recorder.operator if operator is None else operator, model_id)
 
     @classmethod
     def recover_store(cls, episodes_dir: Path) -> list[dict[str, Any]]:
@@ -63,12 +64,10 @@ class EpisodeControl:
     def start(self, operator: str = "", language_instruction: str = "") -> str:
         sim = getattr(self.robot, "sim_params", None)
         sim_params = sim() if callable(sim) else None
-        self._track_length = float((sim_params or {}).get("track_length_m", 0.0))
-        self._last_progress = None
         meta = {
             "robot_id": self.identity["id"], "robot_name": self.identity["name"],
             "robot_profile": self.identity["profile"], "hostname": self.identity["hostname"],
-            "software_version": self.identity["version"], "model_id": self.model_id,
+            "software_version": self.identity["version"], "model_id": self.model_id(),
             "operator": operator or self.default_operator,
             "language_instruction": language_instruction,
             "drive_hz": self.drive_hz, "camera": self.camera,
@@ -96,13 +95,8 @@ class EpisodeControl:
         """Control thread, every tick."""
         if not self._active:
             return
-        reward = 0.0
-        progress = obs.info.get("progress_laps") if obs.info else None
-        if progress is not None and self._track_length:
-            if self._last_progress is not None:
-                reward = (progress - self._last_progress) * self._track_length  # metres gained
-            self._last_progress = progress
         self.recorder.on_step(StepSample(
             t_mono=obs.t, t_wall=time.time(), state=obs.state,
-            action=(action.steering, action.throttle), reward=reward, discount=1.0,
+            action=(action.steering, action.throttle), reward=obs.info.get("reward", 0.0),
+            discount=1.0,
             is_terminal=False, mode=source, language_instruction=self._instruction))

@@ -16,14 +16,14 @@ from starlette.testclient import TestClient
 
 from brain.api.app import create_app
 from brain.api.context import ApiContext
-from brain.api.pairing import Pairing
-from tests.api_support.fake_service import FakeService
+from tests.api_support.light_service import LightService
 
-_state = Path(tempfile.mkdtemp(prefix="brain-fuzz-"))
-_svc = FakeService()
-_pairing = Pairing(_state / "api", 300)
+_svc = LightService(Path(tempfile.mkdtemp(prefix="brain-fuzz-")))
+_pairing = _svc.service.pairing
+assert _pairing is not None
 _token = _pairing.pair(_pairing.new_code()["code"], "fuzzer", "testclient")
-APP = create_app(ApiContext(service=_svc, pairing=_pairing, fingerprint="00" * 32, tls=False))
+APP = create_app(ApiContext(service=_svc.service, pairing=_pairing, fingerprint="00" * 32,
+                            tls=False))
 schema = schemathesis.openapi.from_asgi("/api/v1/openapi.json", APP).exclude(
     path_regex=r"(camera\.mjpeg|telemetry)$")
 
@@ -50,4 +50,4 @@ def test_no_server_errors(case):
     response = case.call()
     assert response.status_code < 500, (case.method, case.path, response.text[:300])
     if case.method == "POST" and case.path == "/api/v1/mode" and _svc.mode == "estop":
-        _svc.set_mode("reset")  # keep exploring the other transitions
+        _svc.call("mode", mode="reset")  # keep exploring the other transitions

@@ -38,6 +38,9 @@ class FakeClient:
     def __init__(self, status: dict | None = None) -> None:
         self.status = status
 
+    def ask(self) -> dict:
+        return self.call("status")
+
     def call(self, cmd: str, **args: object) -> dict:
         if self.status is None:
             raise DaemonNotRunning("no brain daemon is running (no answer on /x.sock)")
@@ -93,14 +96,14 @@ def test_clock_sync_sources(tmp_path: Path) -> None:
 
 def test_daemon_check_judges_the_loop(env: Path) -> None:
     sim = load_config()
-    assert health.check_daemon(sim, FakeClient(ON_TIME)).status == "ok"
-    slow = health.check_daemon(sim, FakeClient({**ON_TIME, "rate_hz": 40.0}))
+    assert health.check_daemon(sim, FakeClient(ON_TIME).ask).status == "ok"
+    slow = health.check_daemon(sim, FakeClient({**ON_TIME, "rate_hz": 40.0}).ask)
     assert slow.status == "fail" and "not on time" in slow.detail
-    late = health.check_daemon(sim, FakeClient({**ON_TIME, "overruns": 3}))
+    late = health.check_daemon(sim, FakeClient({**ON_TIME, "overruns": 3}).ask)
     assert late.status == "warn"
-    assert health.check_daemon(sim, FakeClient(None)).status == "warn"  # dev machine
+    assert health.check_daemon(sim, FakeClient(None).ask).status == "warn"  # dev machine
     robot = load_config(overrides={"profile": "pi5-donkey"})
-    assert health.check_daemon(robot, FakeClient(None)).status == "fail"  # a robot must run it
+    assert health.check_daemon(robot, FakeClient(None).ask).status == "fail"  # a robot must run it
 
 
 def test_hardware_checks_through_the_probe_seam(env: Path,
@@ -186,6 +189,10 @@ class ClockedRobot(Robot):
 
     def __init__(self, offset: float) -> None:
         self.offset, self.seq = offset, 0
+
+    @property
+    def frames(self) -> None:
+        return None  # frames arrive with each observation here
 
     def connect(self) -> None: ...
 

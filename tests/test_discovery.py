@@ -22,6 +22,7 @@ import pytest
 from brain.api.cli import main as cli_main
 from brain.api.discovery import discover
 from tests.api_support.client import pair, running_server
+from tests.poll import wait_until
 
 IFF_MULTICAST = 0x1000
 CLONE_NEWNET = 0x40000000
@@ -74,15 +75,11 @@ def test_txt_record_and_interfaces():
 
 
 def _wait_for(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        # Over 1 s, so the browser's second query (multicast-response, QM) goes out: the answer
-        # to its first (QU) is unicast to 127.0.0.1:5353, where the kernel hands it to only one
-        # of the SO_REUSEPORT sockets there, which may be the advertiser's own.
-        robots = discover(2.0, ["127.0.0.1"])
-        if pred(robots):
-            return robots
-    raise AssertionError(f"discovery never matched; last {robots}")
+    # Each browse lasts over 1 s, so the browser's second query (multicast-response, QM) goes
+    # out: the answer to its first (QU) is unicast to 127.0.0.1:5353, where the kernel hands it
+    # to only one of the SO_REUSEPORT sockets there, which may be the advertiser's own.
+    return wait_until(lambda: discover(2.0, ["127.0.0.1"]), pred, timeout=timeout,
+                      interval=0, what="discovery to match")
 
 
 @pytest.mark.skipif(not LO_MULTICAST and os.geteuid() != 0,
@@ -100,7 +97,7 @@ def _advertise_update_and_unregister(tmp_path, capsys):
         r = next(r for r in robots if r["id"] == svc.device_id)
         assert r["name"] == "testbot" and r["port"] == server.port and r["tls"] is True
         assert r["fp"] == server.fingerprint and r["host"] == "127.0.0.1"
-        assert r["instance"] == "testbot (a1b2c3)" and r["paired"] is False
+        assert r["instance"] == f"testbot ({svc.device_id[:6]})" and r["paired"] is False
         assert httpx.get(f"https://{r['host']}:{r['port']}/api/v1/health",
                          verify=False).json()["id"] == svc.device_id
         pair(server)

@@ -70,7 +70,7 @@ def test_frames_timestamps_and_drops(standin: StandIn) -> None:
         pc.emit(t0 + 5 * period + 2_000_000)  # jitter is not a drop
         f3 = wait_frame(cam, f2.seq)
         assert f3.seq == f2.seq + 1 and cam.dropped == 2
-        assert cam.frames == 4
+        assert cam.frames_delivered == 4
     finally:
         cam.stop()
     assert pc.released == 4  # every request went back to the camera

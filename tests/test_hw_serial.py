@@ -8,13 +8,13 @@ device's bytes into the master side. Only the UART wires are missing.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from brain.hardware.robot import DeviceNotFound
 from brain.hardware.serial_peripheral import PeripheralReading, SerialPeripheral
+from tests.poll import wait_until
 
 
 @pytest.fixture
@@ -26,15 +26,9 @@ def pty_device() -> Iterator[tuple[int, str]]:
     os.close(slave)
 
 
-def wait_for(dev: SerialPeripheral, cond: Callable[[PeripheralReading], bool],
-             timeout: float = 5.0) -> PeripheralReading:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = dev.read()
-        if cond(r):
-            return r
-        time.sleep(0.01)
-    raise AssertionError(f"condition not reached; last reading {dev.read()}")
+def wait_for(dev: SerialPeripheral, cond: Callable[[PeripheralReading], bool]
+             ) -> PeripheralReading:
+    return wait_until(dev.read, cond, timeout=5.0, what="the serial reading")
 
 
 def test_parses_lines_counts_garbage_and_joins_partial_lines(pty_device: tuple[int, str]) -> None:

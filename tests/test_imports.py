@@ -25,8 +25,7 @@ def test_control_loop_imports_no_http_torch_or_sqlite():
 
 
 def test_daemon_with_api_never_imports_torch():
-    mods = imported_after("import brain.daemon, brain.daemon_service, brain.api.server, "
-                          "brain.cli")
+    mods = imported_after("import brain.daemon, brain.service, brain.api.server, brain.cli")
     assert "torch" not in mods and "tensorflow" not in mods
 
 
@@ -34,4 +33,14 @@ def test_cli_commands_do_not_import_the_http_stack():
     """`brain status`, `brain episodes …` etc. build the whole parser (every plugin) but need no
     FastAPI: importing it made every command ~0.4 s slower to start."""
     mods = imported_after("import brain.cli; brain.cli.build_parser()")
-    assert not mods & {"fastapi", "uvicorn", "starlette", "pydantic"}, mods
+    assert not mods & {"fastapi", "uvicorn", "starlette", "pydantic"}, \
+        mods & {"fastapi", "uvicorn", "starlette", "pydantic"}
+
+
+def test_daemon_and_service_do_not_import_each_other_in_a_circle():
+    """Data flows one way: the daemon composes the service, the service knows nothing of the
+    daemon (it was daemon.py <-> daemon_service.py)."""
+    out = subprocess.run([sys.executable, "-c", "import brain.service, sys; "
+                          "print('brain.daemon' in sys.modules)"], capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False"

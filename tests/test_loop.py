@@ -16,7 +16,7 @@ from brain.control.histogram import LatencyHistogram
 from brain.control.loop import ControlLoop
 from brain.control.modes import Mode, ModeMachine
 from brain.control.safety import SafetyLimits
-from brain.hardware.robot import NEUTRAL, Action, Observation, Robot, RobotSpec
+from brain.hardware.robot import NEUTRAL, Action, Frame, FrameSlot, Observation, Robot, RobotSpec
 
 
 class RecordingRobot(Robot):
@@ -27,6 +27,10 @@ class RecordingRobot(Robot):
         self.neutral_calls = 0
         self.fail_writes_after = fail_writes_after
         self.lock = threading.Lock()
+
+    @property
+    def frames(self) -> None:
+        return None  # no camera
 
     def connect(self) -> None: ...
 
@@ -54,16 +58,41 @@ def run_for(loop: ControlLoop, seconds: float) -> None:
     loop.stop()
 
 
-def test_ticks_at_rate_with_absolute_deadlines():
-    robot = RecordingRobot()
+class SlowReadRobot(RecordingRobot):
+    """Each read takes WORK_S, as a slow driver would."""
+
+    WORK_S = 0.006
+
+    def read(self) -> Observation:
+        time.sleep(self.WORK_S)
+        return super().read()
+
+
+def median_phase_error(times: list[float], period: float) -> float:
+    """How far the median tick starts from the grid t0 + k * period (seconds)."""
+    errors = sorted(abs(((t - times[0]) / period + 0.5) % 1.0 - 0.5) * period for t in times)
+    return errors[len(errors) // 2]
+
+
+def test_ticks_follow_absolute_deadlines_not_relative_sleeps():
+    """With 6 ms of work per tick, a loop that sleeps a relative period slides 6 ms further off
+    the schedule every tick, so its tick times spread over the whole period; absolute deadlines
+    keep every tick on the grid t0 + k * period. The same measure is applied to a relative-sleep
+    loop run here, which must fail it: the check can tell the two apart."""
+    period = 1 / 50
+    robot = SlowReadRobot()
     loop = ControlLoop(robot, ModeMachine(0.25), SafetyLimits(), hz=50)
+    ticks: list[float] = []
+    loop.sinks.append(lambda obs, action, source: ticks.append(obs.t))
     run_for(loop, 1.0)
-    st = loop.status()
-    # ~50 ticks in a second; generous bounds: this checks counting, not machine speed
-    assert 35 <= st["ticks"] <= 60
-    assert st["lateness_ms"]["p50"] >= 0.0
-    assert loop.stats.lateness.count == st["ticks"]
-    assert st["rate_hz"] > 0
+    assert loop.stats.lateness.count == loop.status()["ticks"] == len(ticks)
+    naive: list[float] = []
+    naive_robot = SlowReadRobot()
+    for _ in range(len(ticks)):  # what DonkeyCar's and LeRobot's loops do
+        naive.append(naive_robot.read().t)
+        time.sleep(period)
+    assert median_phase_error(naive, period) > period / 8, "the check must catch a naive loop"
+    assert median_phase_error(ticks, period) < period / 8, ticks[:10]
 
 
 def test_manual_command_is_clamped_before_the_robot():
@@ -174,3 +203,71 @@ def test_histogram_percentiles_exact_to_bin():
     assert h.summary_ms()["max"] == 1500.0
     h.reset()
     assert h.count == 0 and h.percentile(99) == 0.0
+
+
+class FreeRunningCameraRobot(RecordingRobot):
+    """A camera on its own clock: a frame every `period` s, at a phase of its own choosing."""
+
+    spec = RobotSpec(name="camera-double", state_names=("x",), camera_fps=25.0)
+
+    def __init__(self, fps: float, phase_s: float) -> None:
+        super().__init__()
+        self.slot = FrameSlot()
+        self.period, self.phase_s = 1.0 / fps, phase_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sensor, daemon=True)
+        self._thread.start()
+
+    @property
+    def frames(self) -> FrameSlot:
+        return self.slot
+
+    def _sensor(self) -> None:
+        t = time.monotonic() + self.phase_s
+        seq = 0
+        image = np.zeros((2, 2, 3), np.uint8)
+        while not self._stop.is_set():
+            t += self.period
+            time.sleep(max(0.0, t - time.monotonic()))
+            self.slot.publish(Frame(image, t, seq))
+            seq += 1
+
+    def read(self) -> Observation:
+        return Observation(t=time.monotonic(), state=np.zeros(1, np.float32),
+                           frame=self.slot.latest())
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def frame_to_tick_ms(frames: list[float], ticks: list[float]) -> list[float]:
+    return [min(abs(t - f) for t in ticks) * 1e3 for f in frames]
+
+
+def test_phase_lock_puts_free_running_frames_on_ticks():
+    """A 25 fps camera with its own phase beside a 50 Hz loop: without the lock its frames fall
+    ~7 ms from the nearest tick for good; with it, the grid moves onto the frames."""
+    results = {}
+    for lock in (False, True):
+        robot = FreeRunningCameraRobot(25.0, phase_s=0.007)
+        loop = ControlLoop(robot, ModeMachine(0.25), SafetyLimits(), hz=50, phase_lock=lock)
+        ticks: list[float] = []
+        loop.sinks.append(lambda obs, action, source, ticks=ticks: ticks.append(obs.t))
+        frames: list[float] = []
+        seen = -1
+        loop.start()
+        assert loop.wait_first_tick(2.0)
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            f = robot.slot.wait_newer(seen, 0.1)
+            if f is not None:
+                seen = f.seq
+                frames.append(f.t_capture)
+        loop.stop()
+        robot.close()
+        settled = [f for f in frames if f > frames[0] + 1.0]  # after a second to lock
+        distances = sorted(frame_to_tick_ms(settled, ticks))
+        results[lock] = distances[len(distances) // 2]
+        assert loop.status()["camera_phase_lock"]["on"] is lock
+    assert results[False] > 4.0, results  # the camera's own phase, untouched
+    assert results[True] < 2.0, results

@@ -12,7 +12,7 @@ from brain.hardware.robot import NEUTRAL, Action
 
 
 def machine(policy=True):
-    return ModeMachine(deadman_s=0.25, policy_available=policy)
+    return ModeMachine(deadman_s=0.25, has_policy=lambda: policy)
 
 
 def test_starts_idle_and_neutral():

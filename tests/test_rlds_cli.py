@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import pytest
 
+from brain.commands import LOCAL
 from brain.control_socket import ControlClient, ControlServer
-from brain.hardware.robot import FrameSlot
-from brain.rlds import Recorder
 from brain.rlds.cli import register
 from brain.rlds.store import LOG_FILE
-from brain.rlds.synthetic import run_ticks, sample_images
+from tests.api_support.light_service import LightService
 
 
 def run_cli(argv: list[str], episodes: Path, sock: Path | None = None) -> int:
@@ -27,26 +27,21 @@ def run_cli(argv: list[str], episodes: Path, sock: Path | None = None) -> int:
 
 @pytest.fixture
 def daemon(tmp_path):
-    """A control socket serving episodes.start/stop from a Recorder, as the daemon does."""
-    slot, episodes = FrameSlot(), tmp_path / "episodes"
-    rec = Recorder(episodes, slot, min_free_bytes=1 << 20)
-    server = ControlServer(tmp_path / "ctl.sock")
-    server.register("episodes.start", lambda a: rec.start_episode(
-        {"operator": a.get("operator", ""), "state_names": ["a", "b", "c"]}))
-    server.register("episodes.stop", lambda a: rec.stop_episode())
+    """The real service (over a light body) behind a control socket, as the daemon has it."""
+    light = LightService(tmp_path / "state")
+    server = ControlServer(light.cfg.socket_path,
+                           lambda name, args: light.service.commands.call(name, args, LOCAL))
     server.start()
-    yield rec, slot, episodes, tmp_path / "ctl.sock"
+    yield light.cfg.layout.episodes, light.cfg.socket_path
     server.stop()
-    rec.close()
+    light.close()
 
 
 def test_start_stop_list_validate_export(daemon, tmp_path, capsys):
-    rec, slot, episodes, sock = daemon
-    imgs = sample_images((32, 48, 3))
-    seq = run_ticks(rec, slot, 0.05, images=imgs)
+    episodes, sock = daemon
     assert run_cli(["episodes", "start", "--operator", "ann"], episodes, sock) == 0
     eid = capsys.readouterr().out.strip()
-    run_ticks(rec, slot, 0.5, images=imgs, seq_start=seq)
+    time.sleep(0.5)
     assert run_cli(["episodes", "stop", "--json"], episodes, sock) == 0
     assert json.loads(capsys.readouterr().out)["id"] == eid
     assert run_cli(["episodes", "stop"], episodes, sock) == 1

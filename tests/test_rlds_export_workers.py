@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tarfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 import brain.rlds.export as export
-from brain.daemon_service import DaemonService
+from brain.commands import NotFound, Refused
 from brain.hardware.robot import FrameSlot
+from brain.paths import StateLayout
 from brain.rlds import ExportError, Recorder, load_episode, prepare_cloud_export
 from brain.rlds.store import LOG_FILE
 from brain.rlds.synthetic import STATE_NAMES, run_ticks, sample_images
 from brain.rlds.tfrecord import RecordReader
+from tests.api_support.light_service import LightService
 
 SHAPE = (24, 32, 3)
 EPISODES = 5
@@ -156,33 +158,36 @@ def test_workers_run_niced():
 
 
 def test_daemon_export_returns_an_archive_and_maps_errors(episodes, tmp_path, monkeypatch):
-    cfg = SimpleNamespace(state_path=tmp_path / "state", export=SimpleNamespace(origin="lab-3"))
-    (tmp_path / "state" / "rlds").mkdir(parents=True)
-    os.symlink(episodes, tmp_path / "state" / "rlds" / "episodes")
-    svc = DaemonService(SimpleNamespace(cfg=cfg))  # type: ignore[arg-type]
-    monkeypatch.setattr(export, "validate_episode", _broken_load)  # proves the work is elsewhere
-    ids = sorted(os.listdir(episodes))[:2]
-    archive = svc.episodes_export(ids, anonymize=True)
-    assert archive.suffix == ".tar" and archive.parent == tmp_path / "state" / "exports"
-    assert sorted(os.listdir(archive.parent)) == [archive.name]  # directory and temp file gone
-    with tarfile.open(archive) as tar:
-        manifest = json.load(tar.extractfile(f"{archive.stem}/export_manifest.json"))
-    assert manifest["origin"] == "lab-3" and [e["id"] for e in manifest["episodes"]] == ids
-    assert manifest["anonymization"]["applied"]
-    with pytest.raises(KeyError, match="nope"):
-        svc.episodes_export(["nope"], anonymize=False)
-    ep = load_episode(episodes, ids[0])
-    assert ep.steps  # a real episode, refused only because its log is damaged below
-    root = tmp_path / "state" / "rlds" / "episodes"
-    os.unlink(root)
-    import shutil
-    shutil.copytree(episodes, root)
-    data = bytearray((root / ids[0] / LOG_FILE).read_bytes())
-    data[-40] ^= 0x10
-    (root / ids[0] / LOG_FILE).write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="corrupt"):
-        svc.episodes_export([ids[0]], anonymize=False)
-    assert sorted(os.listdir(archive.parent)) == [archive.name]
+    root = StateLayout(tmp_path / "state").episodes
+    root.parent.mkdir(parents=True)
+    os.symlink(episodes, root)
+    light = LightService(tmp_path / "state")
+    light.cfg.export.origin = "lab-3"
+    try:
+        monkeypatch.setattr(export, "validate_episode", _broken_load)  # the work is elsewhere
+        ids = sorted(os.listdir(episodes))[:2]
+        done = light.call("episodes.export", ids=ids, anonymize=True)
+        archive = tmp_path / "state" / "exports" / done["name"]
+        assert archive.suffix == ".tar" and done["size"] == archive.stat().st_size
+        assert sorted(os.listdir(archive.parent)) == [archive.name]  # directory, temp file gone
+        with tarfile.open(archive) as tar:
+            manifest = json.load(tar.extractfile(f"{archive.stem}/export_manifest.json"))
+        assert manifest["origin"] == "lab-3" and [e["id"] for e in manifest["episodes"]] == ids
+        assert manifest["anonymization"]["applied"]
+        with pytest.raises(NotFound, match="nope"):
+            light.call("episodes.export", ids=["nope"], anonymize=False)
+        ep = load_episode(episodes, ids[0])
+        assert ep.steps  # a real episode, refused only because its log is damaged below
+        os.unlink(root)
+        shutil.copytree(episodes, root)
+        data = bytearray((root / ids[0] / LOG_FILE).read_bytes())
+        data[-40] ^= 0x10
+        (root / ids[0] / LOG_FILE).write_bytes(bytes(data))
+        with pytest.raises(Refused, match="corrupt"):
+            light.call("episodes.export", ids=[ids[0]], anonymize=False)
+        assert sorted(os.listdir(archive.parent)) == [archive.name]
+    finally:
+        light.close()
 
 
 def _stream(damage: str) -> bytes:

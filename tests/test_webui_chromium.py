@@ -15,8 +15,7 @@ import json
 import os
 import shutil
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import httpx
 import pytest
 
 from tests.daemon_support import DaemonProcess
+from tests.poll import wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api")
@@ -39,17 +39,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(what: str, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture()
@@ -72,7 +61,7 @@ def daemon(tmp_path: Path) -> Iterator[tuple[DaemonProcess, str]]:
             except httpx.TransportError:
                 return False
 
-        wait_until("the API", api_up)
+        wait_until(api_up, what="the API")
         yield d, url
     finally:
         rc = d.stop()
@@ -137,8 +126,8 @@ def test_pair_arm_drive_telemetry_estop(daemon, tmp_path):
             page.keyboard.down("ArrowRight")
             want = f"s {MAX_STEERING:.2f} t 0.50"
             page.wait_for_selector(f"#action:text-is('{want}')")
-            st = wait_until("status to show the key command",
-                            lambda: (s := d.status())["action"]["source"] == "manual" and s)
+            st = wait_until(d.status, lambda s: s["action"]["source"] == "manual",
+                            what="status to show the key command")
             assert (st["action"]["steering"], st["action"]["throttle"]) == (MAX_STEERING, 0.5)
             assert action_of(page.text_content("#action") or "") == (MAX_STEERING, 0.5)
             page.wait_for_function("document.querySelector('#camera').naturalWidth > 0")
@@ -152,8 +141,8 @@ def test_pair_arm_drive_telemetry_estop(daemon, tmp_path):
             page.click("#estop")
             page.wait_for_selector("#mode[data-value=estop]:text-is('e-stop')")
             page.wait_for_selector("[data-mode=reset].active")
-            st = wait_until("a neutral e-stop", lambda: (s := d.status())["mode"] == "estop"
-                            and s["action"]["throttle"] == 0.0 and s)
+            st = wait_until(d.status, lambda s: s["mode"] == "estop"
+                            and s["action"]["throttle"] == 0.0, what="a neutral e-stop")
             assert st["action"]["steering"] == 0.0 and st["estop_reason"]
             page.click("[data-mode=manual]")
             page.wait_for_selector("#drive-error:text('latched')")

@@ -13,9 +13,11 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import brain
-from brain.api import routes_core, routes_episodes, routes_live
+from brain.api import routes_core, routes_exports, routes_live
 from brain.api.auth import require_client
 from brain.api.context import ApiContext
+from brain.api.routes_commands import command_router
+from brain.commands import CommandError
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +35,14 @@ def create_app(ctx: ApiContext, extra_routers: Iterable[tuple[APIRouter, str]] =
     app.state.ctx = ctx
     app.include_router(routes_core.router, prefix=API_PREFIX)
     app.include_router(routes_live.router, prefix=API_PREFIX)
-    app.include_router(routes_episodes.router, prefix=API_PREFIX)
+    app.include_router(routes_exports.router, prefix=API_PREFIX)
+    app.include_router(command_router(ctx.service.commands), prefix=API_PREFIX)
     for router, sub in extra_routers:
         app.include_router(router, prefix=API_PREFIX + sub, dependencies=[Depends(require_client)])
+
+    @app.exception_handler(CommandError)
+    async def refused(request: Request, exc: CommandError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "kind": exc.kind}, status_code=exc.http_status)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""Health, pairing, tickets, status, mode and diagnostics."""
+"""The routes that are not commands: health and pairing (public) and tickets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 
 from brain.api.auth import ctx_of, require_client
-from brain.api.models import ModeRequest, PairRequest
+from brain.api.models import PairRequest
 from brain.api.pairing import CodeRejected, LockedOut
 
 router = APIRouter()
@@ -49,24 +49,3 @@ async def ticket(request: Request, client: str = Depends(require_client)) -> dic
     """A short-lived ticket for `?ticket=` on the WebSocket, MJPEG, SSE and download routes
     (browsers cannot set an Authorization header on those)."""
     return ctx_of(request).pairing.issue_ticket(client)
-
-
-@router.get("/status", responses=AUTH_RESPONSES)
-async def status(request: Request, client: str = Depends(require_client)) -> dict[str, Any]:
-    return ctx_of(request).service.status()
-
-
-@router.post("/mode", responses={**AUTH_RESPONSES, 409: {"description": "Transition refused"}})
-async def mode(body: ModeRequest, request: Request,
-               client: str = Depends(require_client)) -> dict[str, Any]:
-    """Change mode: idle, manual, arm, drive, estop (latched) or reset (clears the latch)."""
-    try:
-        return ctx_of(request).service.set_mode(body.mode)
-    except ValueError as e:
-        raise HTTPException(409, str(e)) from None
-
-
-@router.get("/diagnostics", responses=AUTH_RESPONSES)
-async def diagnostics(request: Request, client: str = Depends(require_client)) -> dict[str, Any]:
-    """The health report (as `brain health --json`)."""
-    return ctx_of(request).service.diagnostics()

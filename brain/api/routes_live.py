@@ -3,8 +3,7 @@
 Teleop authentication: browsers cannot set headers on a WebSocket, so the page passes a
 short-lived ticket as `?ticket=` (POST /api/v1/ticket); other clients may send
 `Authorization: Bearer <token>` instead. Each text frame is JSON {"steering", "throttle"} in
-[-1, 1] and refreshes the deadman; a silent link is released after 60 % of the deadman and a
-closed one at once, so the robot is neutral within the deadman even if this thread runs late.
+[-1, 1] (real numbers only), the arguments of the `drive` command, and refreshes the deadman.
 """
 
 from __future__ import annotations
@@ -15,14 +14,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 from fastapi import APIRouter, Depends, Request, WebSocket
 from fastapi.responses import StreamingResponse
 from fastapi.sse import EventSourceResponse
-from pydantic import ValidationError
 
 from brain.api.auth import client_from_header, ctx_of, require_client_or_ticket
 from brain.api.context import ApiContext
-from brain.api.models import TeleopMessage
+from brain.commands import CommandError, Invalid
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -62,19 +61,11 @@ async def teleop(ws: WebSocket) -> None:
 
 
 async def _teleop_session(ws: WebSocket, ctx: ApiContext, client: str) -> None:
-    loop = asyncio.get_running_loop()
-    state = {"last": loop.time(), "active": False}
-
-    async def watchdog() -> None:
-        # A separate task rather than a receive timeout: cancelling a pending receive is not
-        # guaranteed safe across ASGI servers.
-        while True:
-            await asyncio.sleep(ctx.teleop_silence_s / 4)
-            if state["active"] and loop.time() - state["last"] > ctx.teleop_silence_s:
-                state["active"] = False
-                ctx.service.teleop_release(client)
-
-    dog = asyncio.create_task(watchdog())
+    """Each text frame is a `drive` command. The deadman is the robot's own (the same for
+    every transport: a command lapses `safety.deadman_ms` after it arrived); a closed link is
+    released at once. A command refused in the current mode is answered with one
+    {"error", "kind"} frame, repeated only after a command was accepted again."""
+    refused = False
     try:
         while not ctx.closing.is_set():
             msg = await ws.receive()
@@ -88,24 +79,29 @@ async def _teleop_session(ws: WebSocket, ctx: ApiContext, client: str) -> None:
                 await ws.close(code=1009, reason="message too large")
                 break
             try:
-                cmd = TeleopMessage.model_validate_json(text)
-            except ValidationError as e:
+                args = ctx.service.commands.parse("drive", _json(text))
+                ctx.service.teleop(args.steering, args.throttle, client)  # type: ignore[attr-defined]
+            except Invalid as e:
                 ctx.service.teleop_release(client)
-                await ws.close(code=1007, reason=_short(e))
+                await ws.close(code=1007, reason=str(e)[:120])
                 break
-            state["last"], state["active"] = loop.time(), True
-            ctx.service.teleop(cmd.steering, cmd.throttle, client)
+            except CommandError as e:
+                if not refused:
+                    await ws.send_json({"error": str(e), "kind": e.kind})
+                refused = True
+                continue
+            refused = False
     except Exception as e:  # a broken socket ends the session; the robot goes neutral below
         log.info("teleop link of %s ended: %s", client, type(e).__name__)
     finally:
-        dog.cancel()
         ctx.service.teleop_release(client)
 
 
-def _short(e: ValidationError) -> str:
-    err = e.errors()[0]
-    where = ".".join(str(p) for p in err.get("loc", ())) or "message"
-    return f"invalid teleop message: {where}: {err.get('msg', '')}"[:120]
+def _json(text: str) -> object:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise Invalid("invalid teleop message: not JSON") from None
 
 
 @router.get("/camera.mjpeg", response_class=StreamingResponse, responses={

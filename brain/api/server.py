@@ -10,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import socket
 import threading
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -29,11 +26,10 @@ from brain.api.discovery import (
     interface_choice,
     txt_record,
 )
-from brain.api.pairing import Pairing
 from brain.api.routes_live import MAX_TELEOP_MESSAGE
-from brain.api.service import BrainService
 from brain.api.tls import ensure_certificate
 from brain.config import Config
+from brain.service import RobotService
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +45,17 @@ def is_loopback(host: str) -> bool:
 
 
 class ApiServer:
-    def __init__(self, service: BrainService, cfg: Config,
-                 state_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, service: RobotService, cfg: Config) -> None:
+        if service.pairing is None:
+            raise RuntimeError("the API needs the service's pairing store")
         self.service = service
         self.cfg = cfg
-        self.api_dir = Path(state_dir if state_dir is not None else cfg.state_path) / "api"
-        self.tls_material = ensure_certificate(self.api_dir, cfg.robot_name)
+        self.tls_material = ensure_certificate(cfg.layout.api, cfg.robot_name)
         # HTTPS on every binding but loopback; api.tls (BRAIN_API_TLS=1) forces it there too.
         self.tls = bool(cfg.api.tls) or not is_loopback(cfg.api.host)
-        self.pairing = Pairing(self.api_dir, cfg.api.pairing_code_ttl_s)
+        self.pairing = service.pairing
         self.ctx = ApiContext(service=service, pairing=self.pairing,
                               fingerprint=self.tls_material.fingerprint, tls=self.tls,
-                              deadman_s=cfg.safety.deadman_ms / 1000.0,
                               camera_fps=float(cfg.api.camera_fps))
         self._routers: list[tuple[APIRouter, str]] = []
         self._thread: threading.Thread | None = None
@@ -78,12 +73,6 @@ class ApiServer:
         if self._thread is not None:
             raise RuntimeError("include_router must be called before ApiServer.start()")
         self._routers.append((router, prefix))
-
-    def control_handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
-        """Control-socket commands for `brain pair`: register each on the ControlServer."""
-        return {"pair": lambda _a: self.pairing.new_code(),
-                "pair.list": lambda _a: self.pairing.list(),
-                "pair.revoke": lambda a: self.pairing.revoke(str(a.get("name", "")))}
 
     @property
     def url(self) -> str:

@@ -34,6 +34,11 @@ StepSink = Callable[[Observation, Action, str], None]
 PreTick = Callable[[Observation], None]
 
 MAX_WRITE_ERRORS = 3
+# Camera phase lock (see ControlLoop._phase_shift): frames within the dead band count as on
+# the grid; each new frame moves the grid by GAIN of its error, at most STEP.
+PHASE_DEADBAND_S = 0.0005
+PHASE_GAIN = 0.5
+PHASE_STEP_MAX_S = 0.001
 
 
 @dataclass
@@ -50,10 +55,21 @@ class LoopStats:
     duration: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
+def can_phase_lock(robot: Robot, hz: float) -> bool:
+    """A free-running camera whose frame period is a whole number of loop periods (25 or
+    50 fps at 50 Hz) can have every frame fall on a tick; at other rates the phases cycle."""
+    spec = robot.spec
+    if robot.frames is None or not spec.free_running_camera or spec.camera_fps <= 0:
+        return False
+    ratio = hz / spec.camera_fps
+    return ratio >= 1 and abs(ratio - round(ratio)) < 1e-6
+
+
 class ControlLoop:
     def __init__(self, robot: Robot, modes: ModeMachine, limits: SafetyLimits, hz: float, *,
                  policy: Any = None, realtime: bool = False, rt_priority: int = 50,
-                 cpu: int = -1, watchdog_margin_ticks: int = 10, spin_s: float = 0.0) -> None:
+                 cpu: int = -1, watchdog_margin_ticks: int = 10, spin_s: float = 0.0,
+                 phase_lock: bool = False) -> None:
         self.robot = robot
         self.modes = modes
         self.limits = limits
@@ -75,6 +91,9 @@ class ControlLoop:
         self._stall_s = 0.0  # test hook: block the loop thread this long on the next tick
         self._write_errors = 0
         self.fatal: BaseException | None = None
+        self.phase_lock = phase_lock
+        self._locked_seq = -1
+        self.phase_shift_s = 0.0  # total the grid has moved to follow the camera
 
     @classmethod
     def from_config(cls, robot: Robot, modes: ModeMachine, cfg: Config,
@@ -84,7 +103,8 @@ class ControlLoop:
         return cls(robot, modes, SafetyLimits(s.max_steering, s.max_throttle, s.max_reverse),
                    cfg.drive_hz, policy=policy, realtime=c.realtime, rt_priority=c.rt_priority,
                    cpu=c.cpu, watchdog_margin_ticks=c.watchdog_margin_ticks,
-                   spin_s=c.spin_us / 1e6)
+                   spin_s=c.spin_us / 1e6,
+                   phase_lock=c.camera_phase_lock and can_phase_lock(robot, cfg.drive_hz))
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -146,6 +166,8 @@ class ControlLoop:
                        "throttle": round(self.last_action.throttle, 4),
                        "source": self.last_source},
             "thread": self.thread_notes,
+            "camera_phase_lock": {"on": self.phase_lock,
+                                  "shift_ms": round(self.phase_shift_s * 1e3, 3)},
         }
 
     # -- the loop ------------------------------------------------------------------------------
@@ -174,6 +196,10 @@ class ControlLoop:
                 if k == 0:
                     self.stats.first_start = now
                 self._tick(now)
+                if self.phase_lock:
+                    shift = self._phase_shift(t0)
+                    t0 += shift
+                    self.phase_shift_s += shift
                 end = time.monotonic()
                 self.stats.duration.add(end - now)
                 self.stats.ticks += 1
@@ -194,6 +220,21 @@ class ControlLoop:
         finally:
             self._safe_neutral()
 
+    def _phase_shift(self, t0: float) -> float:
+        """How far to move the deadline grid t0 + k * period towards the newest frame's
+        capture time. A free-running camera whose frame period is a whole number of ticks
+        then has every frame captured on a tick (the field plan's frame-to-step skew), instead
+        of at a random phase up to half a period away."""
+        obs = self.last_obs
+        frame = obs.frame if obs is not None else None
+        if frame is None or frame.seq == self._locked_seq:
+            return 0.0
+        self._locked_seq = frame.seq
+        error = (((frame.t_capture - t0) / self.period + 0.5) % 1.0 - 0.5) * self.period
+        if abs(error) < PHASE_DEADBAND_S:
+            return 0.0
+        return max(-PHASE_STEP_MAX_S, min(PHASE_STEP_MAX_S, PHASE_GAIN * error))
+
     def _tick(self, now: float) -> None:
         if self._stall_s:
             stall, self._stall_s = self._stall_s, 0.0
@@ -208,7 +249,7 @@ class ControlLoop:
         for hook in self.pre_tick:
             hook(obs)
         policy_action = self.policy.latest(obs.t) if self.policy is not None else None
-        raw, source = self.modes.select(obs.t, policy_action)
+        raw, source = self.modes.select(obs.t, policy_action, hold_s=self.period)
         action = self.limits.clamp(raw)
         try:
             self.robot.write(action)

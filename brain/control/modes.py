@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from brain.hardware.robot import NEUTRAL, Action
@@ -59,9 +60,10 @@ class TeleopCommand:
 
 
 class ModeMachine:
-    def __init__(self, deadman_s: float, policy_available: bool = False) -> None:
+    def __init__(self, deadman_s: float,
+                 has_policy: Callable[[], bool] = lambda: False) -> None:
         self.deadman_s = deadman_s
-        self.policy_available = policy_available
+        self.has_policy = has_policy  # asked at every arm/drive: the model can change at run time
         self._lock = threading.Lock()
         self.mode = Mode.IDLE
         self.estop_reason = ""
@@ -82,7 +84,7 @@ class ModeMachine:
                 if name == "drive":
                     raise ModeError(f"cannot drive from {current.value}: arm first")
                 raise ModeError(f"cannot {name} from {current.value}")
-            if target in (Mode.ARMED, Mode.DRIVING) and not self.policy_available:
+            if target in (Mode.ARMED, Mode.DRIVING) and not self.has_policy():
                 raise ModeError("no policy is loaded; autonomous mode is unavailable")
             if target is Mode.ESTOP:
                 self.estop_reason = reason or "requested"
@@ -113,14 +115,19 @@ class ModeMachine:
             if self._teleop is not None and self._teleop.source == source:
                 self._teleop = None
 
-    def select(self, now: float, policy_action: Action | None) -> tuple[Action, str]:
-        """Loop thread: the (unclamped) action for this tick and where it came from."""
+    def select(self, now: float, policy_action: Action | None,
+               hold_s: float = 0.0) -> tuple[Action, str]:
+        """Loop thread: the (unclamped) action for this tick and where it came from.
+
+        `hold_s` is how long the action will stay applied (the loop's period): a teleop
+        command lapses on the tick that would otherwise hold it past the deadman, so the robot
+        is neutral no later than `deadman_s` after the last command, on every transport."""
         mode = self.mode
         if mode is Mode.MANUAL:
             cmd = self._teleop
             if cmd is None:
                 return NEUTRAL, "manual:none"
-            if now - cmd.t > self.deadman_s:
+            if now + hold_s - cmd.t > self.deadman_s:
                 return NEUTRAL, "manual:deadman"
             return cmd.action, "manual"
         if mode is Mode.DRIVING:

@@ -13,6 +13,7 @@ import abc
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +147,61 @@ def load_policy(model_dir: str, backend: str = "onnxruntime", threads: int = 1) 
     return Policy(spec, BACKENDS[backend](spec, threads))
 
 
+class ActiveModel:
+    """The one holder of the policy the robot runs (None until one is loaded).
+
+    Every swap bumps `generation`. The policy thread publishes an output only if the
+    generation it started from is still current, checked and set under `lock`, so an inference
+    begun before a swap can never publish after it. Listeners run under the lock on every swap
+    and must be trivial (clearing a field)."""
+
+    def __init__(self, policy: Policy | None = None) -> None:
+        self.lock = threading.Lock()
+        self._policy = policy
+        self.generation = 0
+        self._on_swap: list[Callable[[], None]] = []
+        self._on_change: list[Callable[[], None]] = []
+
+    @property
+    def policy(self) -> Policy | None:
+        return self._policy
+
+    @property
+    def id(self) -> str:
+        policy = self._policy
+        return policy.id if policy is not None else "none"
+
+    def available(self) -> bool:
+        return self._policy is not None
+
+    def snapshot(self) -> tuple[Policy | None, int]:
+        with self.lock:
+            return self._policy, self.generation
+
+    def on_swap(self, callback: Callable[[], None]) -> None:
+        """`callback` runs under the lock at every swap (keep it to an attribute store)."""
+        self._on_swap.append(callback)
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """`callback` runs after every swap, outside the lock (mDNS, STATUS=, logs)."""
+        self._on_change.append(callback)
+
+    def swap(self, policy: Policy | None) -> int:
+        """Make `policy` the active one; returns the new generation."""
+        with self.lock:
+            self._policy = policy
+            self.generation += 1
+            generation = self.generation
+            for cb in self._on_swap:
+                cb()
+        for cb in list(self._on_change):
+            try:
+                cb()
+            except Exception:
+                log.exception("model change listener failed")
+        return generation
+
+
 @dataclass(frozen=True)
 class PolicyOutput:
     action: Action
@@ -153,13 +209,16 @@ class PolicyOutput:
     t_done: float  # when inference finished
     frame_seq: int
     infer_s: float
+    generation: int  # ActiveModel generation of the policy that computed it
 
 
 class PolicyRunner:
-    """Runs a policy on every new frame from `frame_source` (a FrameSlot) in its own thread."""
+    """Runs the active policy on every new frame from `frame_source` (a FrameSlot; None for a
+    body without a camera, when it never produces an output) in its own thread. It exists
+    whether or not a model is loaded: a swap starts it driving without a restart."""
 
-    def __init__(self, policy: Policy, frame_source: Any, max_age_s: float = 0.25) -> None:
-        self.policy = policy
+    def __init__(self, model: ActiveModel, frame_source: Any, max_age_s: float = 0.25) -> None:
+        self.model = model
         self.frame_source = frame_source
         self.max_age_s = max_age_s
         self.output: PolicyOutput | None = None
@@ -168,20 +227,21 @@ class PolicyRunner:
         self.inferences = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="policy", daemon=True)
-        self._swap_lock = threading.Lock()
+        model.on_swap(self._drop_output)
+
+    def _drop_output(self) -> None:
+        self.output = None  # the old model's last word must not drive the new one's ticks
 
     def start(self) -> None:
+        if self.frame_source is None:
+            log.warning("no camera: the policy cannot run (autonomous outputs stay neutral)")
+            return
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=2.0)
-
-    def swap(self, policy: Policy) -> None:
-        """Hot-swap the model (OTA); the next frame uses it, the old output is dropped."""
-        with self._swap_lock:
-            self.policy = policy
-            self.output = None
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
 
     def latest(self, now: float) -> Action | None:
         """Loop thread: the newest output if fresh enough, else None (treated as neutral)."""
@@ -195,12 +255,16 @@ class PolicyRunner:
         while not self._stop.is_set():
             if not self.enabled.wait(timeout=0.1):
                 continue
+            if self.model.policy is None:  # nothing to run until a model is swapped in
+                self._stop.wait(0.05)
+                continue
             frame: Frame | None = self.frame_source.wait_newer(seq, timeout=0.1)
             if frame is None:
                 continue
             seq = frame.seq
-            with self._swap_lock:
-                policy = self.policy
+            policy, generation = self.model.snapshot()
+            if policy is None:
+                continue
             t0 = time.perf_counter()
             try:
                 action = policy.act(frame.image)
@@ -208,8 +272,15 @@ class PolicyRunner:
                 self.errors += 1
                 if self.errors <= 3 or self.errors % 100 == 0:
                     log.exception("policy inference failed (%d so far)", self.errors)
-                self.output = None
+                with self.model.lock:
+                    if self.model.generation == generation:
+                        self.output = None
                 continue
             dt = time.perf_counter() - t0
-            self.inferences += 1
-            self.output = PolicyOutput(action, frame.t_capture, time.monotonic(), frame.seq, dt)
+            out = PolicyOutput(action, frame.t_capture, time.monotonic(), frame.seq, dt,
+                               generation)
+            with self.model.lock:
+                if self.model.generation != generation:
+                    continue  # swapped while this ran: its output belongs to the old model
+                self.output = out
+                self.inferences += 1

@@ -102,7 +102,8 @@ def collect(cfg: Config, client: Any,
     add_json("versions.json", versions)
     add_json("config.json", lambda: {"source": cfg.source,
                                      "config": redact(config_as_dict(cfg))})
-    add_json("health.json", lambda: report(run_checks(cfg, client, quick=True)))
+    add_json("health.json",
+             lambda: report(run_checks(cfg, lambda: client.call("status"), quick=True)))
     add_json("status.json", lambda: client.call("status", histogram=True))
 
     text = (journal_reader or journal)()

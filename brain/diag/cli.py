@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction, make_client: Callable[[], Any]) ->
     def cmd_health(args: argparse.Namespace) -> int:
         from brain.diag.health import format_text, report, run_checks
 
-        checks = run_checks(args.config, make_client(), quick=args.quick)
+        client = make_client()
+        checks = run_checks(args.config, lambda: client.call("status"), quick=args.quick)
         doc = report(checks)
         if args.json:
             print(json.dumps(doc, indent=2))

@@ -238,17 +238,19 @@ def check_serial(cfg: Config) -> Check:
 
 # -- the daemon ---------------------------------------------------------------------------------
 
-def check_daemon(cfg: Config, client: Any, sample_s: float = 0.0) -> Check:
-    """Whether the daemon answers and its loop is on time. With `sample_s` > 0 the rate is
-    measured over that window instead of over the daemon's whole uptime."""
+def check_daemon(cfg: Config, status: Callable[[], dict[str, Any]],
+                 sample_s: float = 0.0) -> Check:
+    """Whether the daemon answers and its loop is on time. `status` asks for the daemon's
+    status (over the control socket from the CLI, directly inside the daemon). With
+    `sample_s` > 0 the rate is measured over that window instead of over the whole uptime."""
     from brain.control_socket import ControlError, DaemonNotRunning
 
     try:
-        st = client.call("status")
+        st = status()
         if sample_s > 0:
             t0, ticks0 = time.monotonic(), st.get("ticks", 0)
             time.sleep(sample_s)
-            st = client.call("status")
+            st = status()
             rate = (st.get("ticks", 0) - ticks0) / (time.monotonic() - t0)
         else:
             rate = float(st.get("rate_hz", 0.0))
@@ -280,7 +282,8 @@ def _guarded(name: str, fn: Callable[[], Check]) -> Check:
         return Check(name, FAIL, f"check failed to run: {type(e).__name__}: {e}")
 
 
-def run_checks(cfg: Config, client: Any, quick: bool = True) -> list[Check]:
+def run_checks(cfg: Config, status: Callable[[], dict[str, Any]],
+               quick: bool = True) -> list[Check]:
     """All checks in a fixed order. `quick` judges the loop by the daemon's own counters; the
     full run samples its tick rate for a second."""
     return [
@@ -293,7 +296,7 @@ def run_checks(cfg: Config, client: Any, quick: bool = True) -> list[Check]:
         _guarded("pca9685", lambda: check_pca9685(cfg)),
         _guarded("camera", lambda: check_camera(cfg)),
         _guarded("serial", lambda: check_serial(cfg)),
-        _guarded("daemon", lambda: check_daemon(cfg, client, 0.0 if quick else 1.0)),
+        _guarded("daemon", lambda: check_daemon(cfg, status, 0.0 if quick else 1.0)),
     ]
 
 

@@ -18,7 +18,7 @@ from brain.config import Config
 from brain.hardware.i2c import SMBusLike
 from brain.hardware.pca9685 import DonkeyPWM
 from brain.hardware.picam import PiCamera, import_picamera2
-from brain.hardware.robot import NEUTRAL, Action, Frame, FrameSlot, Observation, Robot, RobotSpec
+from brain.hardware.robot import NEUTRAL, Action, FrameSlot, Observation, Robot, RobotSpec
 from brain.hardware.serial_peripheral import SerialPeripheral
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class DonkeyRobot(Robot):
             info["camera_dropped"] = float(self.camera.dropped)
             info["camera_latency_s"] = self.camera.last_latency_s
         return Observation(t=time.monotonic(), state=np.asarray(values, dtype=np.float32),
-                           frame=self.slot.latest(), info=info)
+                           frame=self.latest_frame(), info=info)
 
     def write(self, action: Action) -> None:
         self.pwm.set(action.steering, action.throttle)
@@ -86,8 +86,9 @@ class DonkeyRobot(Robot):
     def neutral(self) -> None:
         self.write(NEUTRAL)
 
-    def latest_frame(self) -> Frame | None:
-        return self.slot.latest()
+    @property
+    def frames(self) -> FrameSlot | None:
+        return self.slot if self.camera is not None else None
 
     def close(self) -> None:
         """Neutral first, whatever else fails; then the sensors. Safe to call twice."""

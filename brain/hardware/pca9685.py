@@ -80,6 +80,13 @@ class PulseMap:
             return self.at_zero + x * (self.at_plus_one - self.at_zero)
         return self.at_zero + x * (self.at_zero - self.at_minus_one)
 
+    def value_for(self, pulse_us: float) -> float:
+        """The normalised command a pulse width stands for (the inverse of `pulse_us`)."""
+        up = (pulse_us - self.at_zero) / (self.at_plus_one - self.at_zero)
+        if up >= 0.0:
+            return min(1.0, up)
+        return max(-1.0, (pulse_us - self.at_zero) / (self.at_zero - self.at_minus_one))
+
 
 def steering_map(p: DonkeyProfile) -> PulseMap:
     return PulseMap(p.steering_left_us, p.steering_center_us, p.steering_right_us)

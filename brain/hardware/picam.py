@@ -60,7 +60,7 @@ class PiCamera:
         self._cam: Any = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self.frames = 0  # frames delivered
+        self.frames_delivered = 0
         self.dropped = 0  # frames lost, from sensor timestamp gaps
         self.errors = 0  # failed captures (logged, never fatal to the thread)
         self.last_latency_s = float("nan")  # delivery time minus t_capture, newest frame
@@ -147,7 +147,7 @@ class PiCamera:
         self._seq += step
         t_capture = sensor_to_monotonic(ts, float(md.get("ExposureTime", 0)))
         self.slot.publish(Frame(image=image, t_capture=t_capture, seq=self._seq))
-        self.frames += 1
+        self.frames_delivered += 1
         self.last_latency_s = time.monotonic() - t_capture
 
     def stop(self) -> None:

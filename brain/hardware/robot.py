@@ -65,6 +65,9 @@ class RobotSpec:
     action_names: tuple[str, ...] = ("steering", "throttle")
     image_shape: tuple[int, int, int] = (480, 640, 3)  # H, W, C of camera frames
     camera_fps: float = 30.0
+    # True for a real sensor on its own clock; False where frames are taken on the loop's
+    # ticks (the simulator), which leaves the loop nothing to align to.
+    free_running_camera: bool = True
 
 
 class Robot(abc.ABC):
@@ -72,9 +75,15 @@ class Robot(abc.ABC):
     except `latest_frame`, which any thread may call."""
 
     spec: RobotSpec
-    # Where the camera thread publishes frames (None without a camera). The policy thread and the
-    # recorder wait on it; the loop reads `latest_frame()`.
-    frames: FrameSlot | None = None
+
+    @property
+    @abc.abstractmethod
+    def frames(self) -> FrameSlot | None:
+        """Where the camera publishes frames; None only for a body without a camera.
+
+        Abstract on purpose: the policy thread and the recorder wait on it, so a body that
+        forgets to expose its camera would drive blind and record no images. Every body must
+        say which it is."""
 
     @abc.abstractmethod
     def connect(self) -> None:

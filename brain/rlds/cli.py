@@ -148,5 +148,8 @@ def _remote(args: argparse.Namespace, make_client: Callable[[], Any], cmd: str,
         result = make_client().call(cmd, **kw)
     except ControlError as e:
         return _fail(str(e), 1)
-    _print(args, result, result if isinstance(result, str) else json.dumps(result, default=str))
+    text = result if isinstance(result, str) else json.dumps(result, default=str)
+    if cmd == "episodes.start":
+        text = result["id"]
+    _print(args, result, text)
     return 0

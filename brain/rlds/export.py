@@ -35,6 +35,18 @@ from crc32c import crc32c
 from brain.durable import atomic_write_json, fsync_dir
 from brain.rlds import example_wire as wire
 from brain.rlds.anonymize import Anonymizer
+from brain.rlds.schema import (
+    BOOL,
+    BOUNDARY_FEATURES,
+    FLOAT,
+    FLOAT_OR_ZERO,
+    IMAGE_FEATURE,
+    NS,
+    VECTOR,
+    StepField,
+    StepSchema,
+    exported_fields,
+)
 from brain.rlds.store import (
     LOG_FILE,
     Episode,
@@ -507,7 +519,7 @@ def _assemble(results: list[dict[str, Any]], tmp: Path, *, episodes_dir: Path, a
     # commits the journal and so waits for every pending write (measured: 30-160 ms, not 1).
     lengths = [sh["records"] for sh in shards]
     meta_files = {
-        "features.json": features_json(spec[0], spec[1]),
+        "features.json": features_json(StepSchema(spec[0], spec[1])),
         "dataset_info.json": dataset_info_json(name, lengths, sum(f["bytes"] for f in files),
                                                description),
     }
@@ -563,33 +575,31 @@ def _episode_example(ep: Episode, status: str, with_image: bool,
     def arr(key: str, dtype: Any) -> np.ndarray:
         return cols.array(key, dtype)[trimmed:]
 
-    instructions = col("language_instruction")
-    if anon is not None:
-        cache: dict[str, str] = {}
-        instructions = [cache.setdefault(t, anon.scrub(t, f"{ep.id}.steps.language_instruction"))
-                        for t in instructions]
-    flags = np.zeros(n, dtype=np.int64)
-    first, last = flags.copy(), flags.copy()
+    def encode(f: StepField) -> wire.Buffers:
+        if f.encoding == VECTOR:
+            return wire.float_feature(arr(f.key, np.float32).reshape(-1))
+        if f.encoding == FLOAT:
+            return wire.float_feature(col(f.key))
+        if f.encoding == FLOAT_OR_ZERO:
+            return wire.float_feature([0.0 if v is None else v for v in col(f.key)])
+        if f.encoding == NS:
+            return wire.int64_feature(_ns(arr(f.key, np.float64)))
+        if f.encoding == BOOL:
+            return wire.int64_feature(arr(f.key, np.int64))
+        texts = col(f.key)
+        if f.free_text and anon is not None:
+            cache: dict[str, str] = {}
+            texts = [cache.setdefault(t, anon.scrub(t, f"{ep.id}.steps.{f.key}")) for t in texts]
+        return wire.bytes_feature(list(map(str.encode, texts)))
+
+    first, last = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     first[0], last[-1] = 1, 1
-    skew = [0.0 if v is None else v for v in col("frame_skew_ms")]
-    feats: dict[str, wire.Buffers] = {
-        "steps/action": wire.float_feature(arr("action", np.float32)),
-        "steps/observation/state": wire.float_feature(arr("state", np.float32).reshape(-1)),
-        "steps/reward": wire.float_feature(col("reward")),
-        "steps/discount": wire.float_feature(col("discount")),
-        "steps/is_first": wire.int64_feature(first),
-        "steps/is_last": wire.int64_feature(last),
-        "steps/is_terminal": wire.int64_feature(arr("is_terminal", np.int64)),
-        "steps/timestamp_ns": wire.int64_feature(_ns(arr("t_wall", np.float64))),
-        "steps/monotonic_ns": wire.int64_feature(_ns(arr("t_mono", np.float64))),
-        "steps/frame_skew_ms": wire.float_feature(skew),
-        "steps/frame_new": wire.int64_feature(arr("frame_new", np.int64)),
-        "steps/language_instruction": wire.bytes_feature(list(map(str.encode, instructions))),
-        "steps/mode": wire.bytes_feature(list(map(str.encode, col("mode")))),
-    }
+    feats: dict[str, wire.Buffers] = {f"steps/{f.feature}": encode(f) for f in exported_fields()}
+    for name, flags in zip(BOUNDARY_FEATURES, (first, last), strict=True):
+        feats[f"steps/{name}"] = wire.int64_feature(flags)
     if with_image:
         jpegs = [f.jpeg for f in ep.frames]
-        feats["steps/observation/image"] = wire.bytes_feature(
+        feats[f"steps/{IMAGE_FEATURE}"] = wire.bytes_feature(
             list(map(jpegs.__getitem__, col("frame"))))
     t_wall = col("t_wall")
     sim = user.get("simulator")

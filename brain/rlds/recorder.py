@@ -25,6 +25,7 @@ import simplejpeg
 from brain.durable import atomic_write_json, fsync_dir
 from brain.hardware.robot import Frame
 from brain.rlds.logformat import encode_frame, encode_step
+from brain.rlds.schema import step_record
 from brain.rlds.store import (
     EPISODE_FILE,
     FORMAT_VERSION,
@@ -314,8 +315,16 @@ class Recorder:
                         chosen.index = s.frames
                         s.frames += 1
                         s.meta.setdefault("image_shape", list(chosen.shape))
-                    n, s.log_crc = append_record(fh, encode_step(
-                        _step_record(s.steps, step, chosen, prev_frame)), s.log_crc)
+                    n, s.log_crc = append_record(fh, encode_step(step_record(
+                        s.steps, t_mono=step.t_mono, t_wall=step.t_wall, state=step.state,
+                        action=step.action, reward=step.reward, discount=step.discount,
+                        is_terminal=step.is_terminal, mode=step.mode,
+                        language_instruction=step.language_instruction,
+                        frame=chosen.index if chosen is not None else -1,
+                        frame_skew_ms=(step.t_mono - chosen.t_capture) * 1000.0
+                        if chosen is not None else None,
+                        frame_new=chosen is not None and chosen.index != prev_frame)),
+                        s.log_crc)
                     s.bytes += n
                     prev_frame = chosen.index if chosen is not None else -1
                     s.steps += 1
@@ -384,17 +393,3 @@ class Recorder:
         log.info("episode %s %s: %d steps, %d frames (%s)", s.id, status, s.steps, s.frames,
                  s.meta["end_reason"])
 
-
-def _step_record(index: int, step: StepSample, frame: _Encoded | None,
-                 prev_frame: int) -> dict[str, Any]:
-    return {
-        "i": index, "t_mono": step.t_mono, "t_wall": step.t_wall,
-        "state": np.asarray(step.state, dtype=np.float32).tolist(),
-        "action": [float(step.action[0]), float(step.action[1])],
-        "reward": float(step.reward), "discount": float(step.discount),
-        "is_terminal": bool(step.is_terminal), "mode": str(step.mode),
-        "language_instruction": str(step.language_instruction),
-        "frame": frame.index if frame is not None else -1,
-        "frame_skew_ms": (step.t_mono - frame.t_capture) * 1000.0 if frame else None,
-        "frame_new": frame is not None and frame.index != prev_frame,
-    }

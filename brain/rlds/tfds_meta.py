@@ -8,6 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from brain.rlds.schema import (
+    BOUNDARY_FEATURES,
+    IMAGE_FEATURE,
+    VECTOR,
+    StepField,
+    StepSchema,
+    exported_fields,
+)
+
 _FD = "tensorflow_datasets.core.features.features_dict.FeaturesDict"
 _TENSOR = "tensorflow_datasets.core.features.tensor_feature.Tensor"
 _TEXT = "tensorflow_datasets.core.features.text_feature.Text"
@@ -36,30 +45,44 @@ def _image(shape: tuple[int, int, int]) -> dict[str, Any]:
         "encodingFormat": "jpeg"}}
 
 
-# Per-step fields beyond the observation, in RLDS naming: (name, dtype, shape) or Text.
-STEP_SCALARS: tuple[tuple[str, str], ...] = (
-    ("reward", "float32"), ("discount", "float32"), ("is_first", "bool"), ("is_last", "bool"),
-    ("is_terminal", "bool"), ("timestamp_ns", "int64"), ("monotonic_ns", "int64"),
-    ("frame_skew_ms", "float32"), ("frame_new", "bool"),
-)
-STEP_TEXTS = ("language_instruction", "mode")
 EPISODE_TEXTS = ("episode_id", "robot_id", "robot_profile", "model_id", "operator", "status",
                  "state_names", "simulator", "metadata_json")
 EPISODE_INTS = ("start_time_ns", "end_time_ns")
 
 
-def features_json(state_dim: int, image_shape: tuple[int, int, int] | None) -> dict[str, Any]:
-    obs: dict[str, Any] = {"state": _tensor("float32", (state_dim,))}
-    if image_shape is not None:
-        obs["image"] = _image(image_shape)
-    step: dict[str, Any] = {"observation": _dict(obs), "action": _tensor("float32", (2,))}
-    step.update({name: _tensor(dtype) for name, dtype in STEP_SCALARS})
-    step.update({name: _text() for name in STEP_TEXTS})
+def _feature(f: StepField, schema: StepSchema) -> dict[str, Any]:
+    if f.dtype == "text":
+        return _text()
+    if f.encoding == VECTOR:
+        size = schema.state_size if f.key == "state" else schema.action_size
+        return _tensor(f.dtype, (size,))
+    return _tensor(f.dtype)
+
+
+def features_json(schema: StepSchema) -> dict[str, Any]:
+    """TFDS' FeaturesDict for the episodes, derived from the step schema."""
+    step: dict[str, Any] = {}
+    for f in exported_fields():
+        assert f.feature is not None
+        *parents, leaf = f.feature.split("/")
+        node = step
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = _feature(f, schema)
+    for name in BOUNDARY_FEATURES:
+        step[name] = _tensor("bool")
+    if schema.image_shape is not None:
+        parent, leaf = IMAGE_FEATURE.split("/")
+        step.setdefault(parent, {})[leaf] = _image(schema.image_shape)
+
+    def nest(node: dict[str, Any]) -> dict[str, Any]:
+        return _dict({k: nest(v) if "pythonClassName" not in v else v for k, v in node.items()})
+
     meta: dict[str, Any] = {name: _text() for name in EPISODE_TEXTS}
     meta.update({name: _tensor("int64") for name in EPISODE_INTS})
     return _dict({
         "steps": {"pythonClassName": _DATASET,
-                  "sequence": {"feature": _dict(step), "length": "-1"}},
+                  "sequence": {"feature": nest(step), "length": "-1"}},
         "episode_metadata": _dict(meta),
     })
 

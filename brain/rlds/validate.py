@@ -14,17 +14,13 @@ import numpy as np
 import simplejpeg
 
 from brain.rlds.columns import StepColumns
+from brain.rlds.schema import LOG_TYPES
 from brain.rlds.store import Episode, EpisodeError, is_locked, list_episodes, load_episode
 
 RATE_MIN_HZ = 20.0
 RATE_MAX_HZ = 50.0
 RATE_TOLERANCE = 0.01  # a 50 Hz loop measures 50.0x Hz over a short episode
 SKEW_P99_MAX_MS = 5.0  # field plan: "timestamp skew <= 5 ms"
-_STEP_KEYS: dict[str, type | tuple[type, ...]] = {
-    "i": int, "t_mono": (int, float), "t_wall": (int, float), "state": list, "action": list,
-    "reward": (int, float), "discount": (int, float), "is_terminal": bool, "mode": str,
-    "language_instruction": str, "frame": int, "frame_new": bool,
-}
 _META_KEYS: dict[str, type | tuple[type, ...]] = {
     "format": int, "id": str, "status": str, "started_wall": (int, float), "metadata": dict,
 }
@@ -95,15 +91,15 @@ def _check_steps(steps: list[dict[str, Any]], n_frames: int,
     first broken key, like a step-by-step scan would."""
     cols = cols if cols is not None else StepColumns(steps)
     first_bad: dict[str, int] = {}
-    for key, typ in _STEP_KEYS.items():  # exact types: JSON gives a bool where an int is wrong
+    for key, typ in LOG_TYPES.items():  # exact types: JSON gives a bool where an int is wrong
         allowed = _types(typ)
         values = cols.list(key)
         if not set(map(type, values)) <= set(allowed):
             first_bad[key] = next(n for n, v in enumerate(values) if type(v) not in allowed)
     if first_bad:
         n = min(first_bad.values())
-        key = next(k for k in _STEP_KEYS if first_bad.get(k) == n)
-        return [f"step {n}: {key!r} missing or not {_tname(_STEP_KEYS[key])}"]
+        key = next(k for k in LOG_TYPES if first_bad.get(k) == n)
+        return [f"step {n}: {key!r} missing or not {_tname(LOG_TYPES[key])}"]
     if not steps:
         return []
     count = len(steps)

@@ -1,4 +1,4 @@
-"""Shared fixtures for the API tests: a real ApiServer on loopback around a FakeService."""
+"""Shared fixtures for the API tests: a real ApiServer on loopback around the real service."""
 
 from __future__ import annotations
 
@@ -9,18 +9,16 @@ from pathlib import Path
 import httpx
 
 from brain.api.server import ApiServer
-from brain.config import Config
-from tests.api_support.fake_service import FakeService
+from tests.api_support.light_service import LightService
 
 
 @contextmanager
 def running_server(state_dir: Path, *, tls: bool = False, mdns: bool = False,
-                   deadman_ms: int = 250) -> Iterator[tuple[ApiServer, FakeService]]:
-    cfg = Config()
+                   deadman_ms: int = 250) -> Iterator[tuple[ApiServer, LightService]]:
+    svc = LightService(state_dir, deadman_ms=deadman_ms)
+    cfg = svc.cfg
     cfg.api.port, cfg.api.tls, cfg.api.mdns = 0, tls, mdns
-    cfg.safety.deadman_ms = deadman_ms
-    svc = FakeService(deadman_s=deadman_ms / 1000)
-    server = ApiServer(svc, cfg, state_dir)
+    server = ApiServer(svc.service, cfg)
     server.start()
     try:
         yield server, svc

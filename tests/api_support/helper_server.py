@@ -1,4 +1,5 @@
-"""Stand-in daemon for cross-process API tests: ApiServer + FakeService + control socket.
+"""Stand-in daemon for cross-process API tests: ApiServer + the real service over a light body +
+control socket.
 
 Run: python -m tests.api_support.helper_server --state-dir D [--host H --port P
 --mdns-interfaces ADDRS --tls]. Prints "READY <url> <fingerprint>" once listening and runs
@@ -15,9 +16,9 @@ import threading
 from pathlib import Path
 
 from brain.api.server import ApiServer
-from brain.config import Config
+from brain.commands import LOCAL
 from brain.control_socket import ControlServer
-from tests.api_support.fake_service import FakeService
+from tests.api_support.light_service import LightService
 
 
 def main() -> None:
@@ -30,14 +31,13 @@ def main() -> None:
     p.add_argument("--name", default="testbot")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    cfg = Config(robot_name=a.name)
+    svc = LightService(Path(a.state_dir), name=a.name)
+    cfg = svc.cfg
     cfg.api.host, cfg.api.port, cfg.api.tls = a.host, a.port, a.tls
     cfg.api.mdns_interfaces = a.mdns_interfaces
-    svc = FakeService(name=a.name)
-    server = ApiServer(svc, cfg, a.state_dir)
-    control = ControlServer(Path(a.state_dir) / "run" / "control.sock")
-    for cmd, handler in server.control_handlers().items():
-        control.register(cmd, handler)
+    server = ApiServer(svc.service, cfg)
+    control = ControlServer(cfg.socket_path,
+                            lambda name, args: svc.service.commands.call(name, args, LOCAL))
     control.start()
     server.start()
     print(f"READY {server.url} {server.fingerprint}", flush=True)

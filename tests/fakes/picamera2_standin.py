@@ -77,12 +77,15 @@ class Picamera2:
 
     # -- the sensor, driven by the test ------------------------------------------------------
     def emit(self, ts_ns: int, exposure_us: int = 10_000, value: int = 0,
-             frame_duration_us: int | None = None) -> None:
+             frame_duration_us: int | None = None, image: np.ndarray | None = None) -> None:
+        """One sensor frame: `image` (RGB, H x W x 3) or a flat test pattern of `value`."""
         assert self.config is not None
         w, h = self.config["main"]["size"]
-        image = np.full((h, w, 3), value, dtype=np.uint8)
-        image[..., 0] = value  # R
-        image[..., 2] = 255 - value  # B, so a channel swap would show
+        if image is None:
+            image = np.full((h, w, 3), value, dtype=np.uint8)
+            image[..., 0] = value  # R
+            image[..., 2] = 255 - value  # B, so a channel swap would show
+        assert image.shape == (h, w, 3), image.shape
         if self.config["main"].get("format") == "RGB888":
             image = image[..., ::-1].copy()  # libcamera's RGB888 is B, G, R in memory
         d = frame_duration_us or self.config["controls"]["FrameDurationLimits"][0]

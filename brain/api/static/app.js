@@ -56,6 +56,8 @@ async function startLive() {
   const ws = new WebSocket(proto + location.host + API + "/teleop" + q);
   state.ws = ws;
   ws.onopen = () => setLink(true);
+  // The robot answers a refused command once (e.g. not in manual mode) with {error, kind}.
+  ws.onmessage = (ev) => { const m = JSON.parse(ev.data); if (m.error) $("drive-error").textContent = m.error; };
   ws.onclose = () => { setLink(false); if (state.ws === ws) setTimeout(reconnect, 1000); };
   state.timer = setInterval(sendTeleop, 50); // 20 Hz: well inside the robot's deadman
 }

@@ -47,9 +47,9 @@ class SimRobot(Robot):
         self.fps = min(cfg.camera.fps, self.hz)  # at most one frame per tick
         self.width, self.height = cfg.camera.width, cfg.camera.height
         self.spec = RobotSpec(name="sim", state_names=STATE_NAMES,
-                              image_shape=(self.height, self.width, 3), camera_fps=float(self.fps))
+                              image_shape=(self.height, self.width, 3), camera_fps=float(self.fps),
+                              free_running_camera=False)
         self._slot = FrameSlot()
-        self.frames = self._slot  # consumers may wait on it (FrameSlot.wait_newer)
         self._camera: Camera | None = None
         self._thread: threading.Thread | None = None
         self._cond = threading.Condition()
@@ -101,7 +101,12 @@ class SimRobot(Robot):
     def write(self, action: Action) -> None:
         if not self._connected:
             raise RobotError("simulated robot: write() before connect()")
-        self._info = self.world.step(action, self.dt).as_dict()
+        before = self._info.get("progress_laps", 0.0)
+        info = self.world.step(action, self.dt).as_dict()
+        # The simulator's reward: metres gained along the track by this tick's action (the
+        # recorder stores whatever reward the body reports; a real car reports none).
+        info["reward"] = (info["progress_laps"] - before) * self.world.track.length
+        self._info = info
 
     def neutral(self) -> None:
         """One tick with steering centred and throttle off; a no-op when not connected, so
@@ -119,8 +124,9 @@ class SimRobot(Robot):
             self._thread = None
         self._connected = False
 
-    def latest_frame(self) -> Frame | None:
-        return self._slot.latest()
+    @property
+    def frames(self) -> FrameSlot:
+        return self._slot
 
     # -- simulator extras ------------------------------------------------------------------------
 

@@ -1,0 +1,432 @@
+"""The robot's service object: every command and its semantics, owned once.
+
+Built by the daemon from its parts (the `Rig`, the pairing store, the configuration) whether
+or not the HTTP API runs. The control socket and the API only transport these commands (see
+`brain.commands`); the API's live streams (teleop WebSocket, MJPEG, telemetry) call the
+plain methods at the bottom. Every method answers from snapshots or hands work to another
+thread or process; none takes a lock the control loop holds for longer than an attribute
+swap, so no client can delay a tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import psutil
+from pydantic import Field
+
+from brain import __version__
+from brain.commands import (
+    Args,
+    Caller,
+    CommandTable,
+    InsufficientStorage,
+    NotFound,
+    Refused,
+    Unavailable,
+    command,
+)
+from brain.control.modes import REQUESTS, ModeError
+from brain.durable import fsync_dir
+from brain.rlds.recorder import RecorderError
+from brain.rlds.store import (
+    EpisodeBusy,
+    EpisodeError,
+    EpisodeNotFound,
+    delete_episode,
+    list_episodes,
+)
+
+if TYPE_CHECKING:
+    from brain.api.pairing import Pairing
+    from brain.config import Config
+    from brain.rig import Rig
+
+log = logging.getLogger(__name__)
+
+THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
+EXPORT_NAME = re.compile(r"^rlds-[0-9TZ-]{1,40}\.tar$")
+
+
+def cpu_temperature() -> float | None:
+    try:
+        return int(THERMAL_ZONE.read_text().strip()) / 1000.0
+    except (OSError, ValueError):
+        return None
+
+
+# -- command arguments --------------------------------------------------------------------------
+# Numbers are strict (no booleans, no numeric strings) and finite; text is bounded and free of
+# control characters.
+
+class StatusArgs(Args):
+    histogram: bool = Field(default=False, strict=True,
+                            description="include the lateness and duration histograms")
+
+
+class ModeArgs(Args):
+    mode: Literal[REQUESTS] = Field(  # type: ignore[valid-type]
+        description="idle, manual, arm, drive, estop (latched) or reset")
+    reason: str = Field(default="", max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$",
+                        description="why (kept with an e-stop)")
+
+
+class DriveArgs(Args):
+    steering: float = Field(strict=True, ge=-1.0, le=1.0, allow_inf_nan=False,
+                            description="-1 (full left) .. 1 (full right)")
+    throttle: float = Field(strict=True, ge=-1.0, le=1.0, allow_inf_nan=False,
+                            description="-1 (full reverse) .. 1 (full forward)")
+
+
+EpisodeId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")]
+
+
+class EpisodeStartArgs(Args):
+    operator: str = Field(default="", max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")
+    language_instruction: str = Field(default="", max_length=512,
+                                      pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")
+
+
+class EpisodeArgs(Args):
+    id: EpisodeId
+
+
+class ExportArgs(Args):
+    ids: list[EpisodeId] = Field(default_factory=list, max_length=10_000,
+                                 description="episodes to export; empty = all")
+    anonymize: bool = Field(default=True, strict=True,
+                            description="strip operator names and other personal data")
+
+
+class ExportNameArgs(Args):
+    name: str = Field(max_length=64)
+
+
+class RevokeArgs(Args):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class StallArgs(Args):
+    seconds: float = Field(strict=True, gt=0, le=600, allow_inf_nan=False)
+
+
+class RobotService:
+    def __init__(self, cfg: Config, rig: Rig, pairing: Pairing | None = None, *,
+                 test_hooks: bool = False) -> None:
+        self.cfg = cfg
+        self.rig = rig
+        self.pairing = pairing
+        self.test_hooks = test_hooks
+        self.started = time.monotonic()
+        self._callbacks: list[Callable[[], None]] = []
+        self._jpeg_lock = threading.Lock()
+        self._jpeg: tuple[int, bytes, float] | None = None  # (frame seq, bytes, t_capture)
+        self._export_lock = threading.Lock()
+        self.commands = CommandTable(self)
+        rig.model.on_change(self.changed)
+        psutil.cpu_percent(None)  # prime: the next call reports usage since now
+
+    # -- change notification (mDNS TXT, STATUS=) ------------------------------------------------
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Run `callback` (from any thread) when identity() changes: name or model."""
+        self._callbacks.append(callback)
+
+    def changed(self) -> None:
+        for cb in list(self._callbacks):
+            try:
+                cb()
+            except Exception:
+                log.exception("change callback failed")
+
+    # -- identity and status ----------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        ident = self.rig.identity
+        return {"id": ident["id"], "name": ident["name"], "version": ident["version"],
+                "model": self.rig.model.id}
+
+    def resources(self) -> dict[str, Any]:
+        vm = psutil.virtual_memory()
+        return {"cpu": psutil.cpu_percent(None), "mem": vm.percent,
+                "mem_available_mb": vm.available >> 20, "temp": cpu_temperature()}
+
+    @command("status", args=StatusArgs, http=("GET", "/status"))
+    def status(self, args: StatusArgs | None = None, caller: Caller | None = None) -> dict:
+        """Mode, loop rate and lateness, model, recorder, policy and resources."""
+        args = args or StatusArgs()
+        rig, modes = self.rig, self.rig.modes
+        loop = rig.loop
+        out: dict[str, Any] = {
+            "mode": modes.mode.value, "mode_family": modes.mode.family,
+            "estop_reason": modes.estop_reason or None,
+            "profile": self.cfg.profile, "robot_name": self.cfg.robot_name,
+            "model": rig.model.id, "robot_id": rig.identity["id"],
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "version": __version__, "pid": os.getpid(),
+        }
+        out.update(loop.status())
+        if args.histogram:
+            out["histogram"] = {"lateness_us": loop.stats.lateness.nonzero_bins(),
+                                "duration_us": loop.stats.duration.nonzero_bins()}
+        out["recorder"] = rig.episodes.status()
+        o = rig.runner.output
+        out["policy"] = {"inferences": rig.runner.inferences, "errors": rig.runner.errors,
+                         "generation": rig.model.generation,
+                         "last_infer_ms": round(o.infer_s * 1e3, 3) if o else None}
+        out["resources"] = self.resources()
+        return out
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=."""
+        st = self.rig.loop.status()
+        return (f"mode={self.rig.modes.mode.value} rate={st['rate_hz']:.2f}Hz "
+                f"p99={st['lateness_ms']['p99']:.2f}ms overruns={st['overruns']} "
+                f"model={self.rig.model.id}")
+
+    def telemetry(self) -> dict[str, Any]:
+        """A cheap snapshot for the live view."""
+        st = self.rig.loop.status()
+        return {"mode": self.rig.modes.mode.value, "action": st.get("action", {}),
+                "lateness_ms": st.get("lateness_ms", {}), "rate_hz": st.get("rate_hz", 0.0),
+                "ticks": st.get("ticks", 0), "overruns": st.get("overruns", 0),
+                "model": self.rig.model.id, "resources": self.resources(),
+                "recorder": self.rig.episodes.status(), "t": time.time()}
+
+    # -- driving ----------------------------------------------------------------------------
+    @command("mode", args=ModeArgs, http=("POST", "/mode"))
+    def set_mode(self, args: ModeArgs, caller: Caller) -> dict[str, Any]:
+        """Change mode: idle, manual, arm, drive, estop (latched) or reset."""
+        try:
+            new = self.rig.modes.request(args.mode, reason=args.reason or str(caller))
+        except ModeError as e:
+            raise Refused(str(e)) from None
+        log.info("mode -> %s (requested by %s)", new.value, caller)
+        return {"mode": new.value}
+
+    @command("drive", args=DriveArgs, http=("POST", "/drive"))
+    def drive(self, args: DriveArgs, caller: Caller) -> dict[str, Any]:
+        """A manual command (-1..1 each) in MANUAL; it lapses after the deadman."""
+        self.teleop(args.steering, args.throttle, str(caller))
+        return {"accepted": True, "deadman_ms": self.cfg.safety.deadman_ms}
+
+    def teleop(self, steering: float, throttle: float, client: str) -> None:
+        """Store a teleop command (refreshing the deadman); Refused outside MANUAL. The API's
+        WebSocket calls this for every message, `drive` for every request."""
+        if not self.rig.modes.teleop(steering, throttle, client, time.monotonic()):
+            raise Refused(f"not in manual mode (mode is {self.rig.modes.mode.value}); "
+                          "switch to manual first")
+
+    def teleop_release(self, client: str) -> None:
+        """The teleop link of `client` closed or went silent: neutral now."""
+        self.rig.modes.release(client)
+
+    def latest_jpeg(self, max_age_s: float) -> tuple[bytes, float] | None:
+        """The newest camera frame as JPEG and its capture time; each frame is encoded once,
+        however many viewers."""
+        import simplejpeg
+
+        frame = self.rig.robot.latest_frame()
+        if frame is None or time.monotonic() - frame.t_capture > max_age_s:
+            return None
+        with self._jpeg_lock:
+            cached = self._jpeg
+            if cached is not None and cached[0] == frame.seq:
+                return cached[1], cached[2]
+            data = simplejpeg.encode_jpeg(frame.image, quality=self.cfg.camera.jpeg_quality,
+                                          colorspace="RGB", colorsubsampling="420")
+            self._jpeg = (frame.seq, data, frame.t_capture)
+            return data, frame.t_capture
+
+    @command("stats.reset", http=("POST", "/stats/reset"))
+    def stats_reset(self, args: Args, caller: Caller) -> dict[str, Any]:
+        """Start the loop's lateness histograms and overrun counts afresh (benchmarks)."""
+        self.rig.loop.reset_stats()
+        return {"reset": True}
+
+    # -- episodes -----------------------------------------------------------------------------
+    @property
+    def episodes_dir(self) -> Path:
+        return self.cfg.layout.episodes
+
+    @command("episodes.list", http=("GET", "/episodes"))
+    def episodes_list(self, args: Args, caller: Caller) -> dict[str, Any]:
+        """Recorded episodes, newest first."""
+        return {"episodes": list(reversed(list_episodes(self.episodes_dir)))}
+
+    @command("episodes.start", args=EpisodeStartArgs, http=("POST", "/episodes/start"))
+    def episodes_start(self, args: EpisodeStartArgs, caller: Caller) -> dict[str, Any]:
+        """Start recording an episode."""
+        try:
+            eid = self.rig.episodes.start(args.operator, args.language_instruction)
+        except RecorderError as e:
+            raise Refused(str(e)) from None
+        return {"id": eid, "recording": True}
+
+    @command("episodes.stop", http=("POST", "/episodes/stop"))
+    def episodes_stop(self, args: Args, caller: Caller) -> dict[str, Any]:
+        """Stop recording; the finished episode's summary."""
+        try:
+            return self.rig.episodes.stop("stopped")
+        except RecorderError as e:
+            raise Refused(str(e)) from None
+
+    @command("episodes.status", http=("GET", "/episodes/status"))
+    def episodes_status(self, args: Args, caller: Caller) -> dict[str, Any]:
+        """Whether an episode is recording, and its counters."""
+        return self.rig.episodes.status()
+
+    @command("episodes.delete", args=EpisodeArgs, http=("DELETE", "/episodes/{id}"))
+    def episodes_delete(self, args: EpisodeArgs, caller: Caller) -> dict[str, Any]:
+        """Delete one episode."""
+        try:
+            delete_episode(self.episodes_dir, args.id)
+        except EpisodeNotFound:
+            raise NotFound(f"no episode {args.id!r}") from None
+        except EpisodeBusy as e:
+            raise Refused(str(e)) from None
+        return {"deleted": args.id}
+
+    # -- exports ------------------------------------------------------------------------------
+    @property
+    def exports_dir(self) -> Path:
+        return self.cfg.layout.exports
+
+    @command("exports.list", http=("GET", "/exports"))
+    def exports_list(self, args: Args, caller: Caller) -> dict[str, Any]:
+        """Export archives on the robot, newest first, with their sizes."""
+        items = []
+        if self.exports_dir.is_dir():
+            for p in self.exports_dir.iterdir():
+                if EXPORT_NAME.match(p.name) and p.is_file():
+                    st = p.stat()
+                    items.append({"name": p.name, "size": st.st_size, "created": st.st_mtime,
+                                  "url": f"/api/v1/exports/{p.name}"})
+        items.sort(key=lambda e: (e["created"], e["name"]), reverse=True)
+        return {"exports": items}
+
+    def export_path(self, name: str) -> Path:
+        """The archive called `name` (a name, never a path); NotFound otherwise."""
+        if not EXPORT_NAME.match(name):
+            raise NotFound(f"no export named {name!r}")
+        path = self.exports_dir / name
+        if not path.is_file():
+            raise NotFound(f"no export named {name!r}")
+        return path
+
+    @command("exports.delete", args=ExportNameArgs, http=("DELETE", "/exports/{name}"))
+    def exports_delete(self, args: ExportNameArgs, caller: Caller) -> dict[str, Any]:
+        """Delete one export archive."""
+        path = self.export_path(args.name)
+        path.unlink()
+        fsync_dir(path.parent)
+        return {"deleted": args.name}
+
+    @command("episodes.export", args=ExportArgs, http=("POST", "/episodes/export"),
+             blocking=True)
+    def episodes_export(self, args: ExportArgs, caller: Caller) -> dict[str, Any]:
+        """Export episodes (all when none named) as an RLDS tar archive to download."""
+        from brain.rlds.export import ExportError, prepare_cloud_export, run_niced
+
+        exports = self.exports_dir
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        if not self._export_lock.acquire(blocking=False):
+            raise Refused("an export is already running; try again when it has finished")
+        try:
+            exports.mkdir(parents=True, exist_ok=True)
+            out = exports / f"rlds-{stamp}"
+            n = 1
+            while out.exists() or out.with_suffix(".tar").exists():
+                n += 1
+                out = exports / f"rlds-{stamp}-{n}"
+            # The heavy work (load, validate, serialise, hash, tar) runs in niced worker
+            # processes: CPU-bound Python here would compete with the control loop for the GIL.
+            try:
+                prepare_cloud_export(self.episodes_dir, out, episode_ids=args.ids or None,
+                                     anonymize=args.anonymize, origin=self.cfg.export.origin,
+                                     isolate=True)
+                archive = run_niced(pack_archive, out)
+            except EpisodeNotFound as e:  # the store's message names a server path: not here
+                missing = [i for i in args.ids if i in str(e)] or args.ids
+                raise NotFound(f"no episode {missing[0]!r}") from None
+            except (ExportError, EpisodeError) as e:
+                raise Refused(str(e)) from None
+            except OSError as e:
+                if e.errno == 28:
+                    raise InsufficientStorage(
+                        f"the disk holding {exports} is full; delete old exports "
+                        "(DELETE /api/v1/exports/NAME) or episodes and try again") from None
+                raise
+        finally:
+            self._export_lock.release()
+        return {"name": archive.name, "size": archive.stat().st_size,
+                "url": f"/api/v1/exports/{archive.name}"}
+
+    # -- health -------------------------------------------------------------------------------
+    @command("diagnostics", http=("GET", "/diagnostics"), blocking=True)
+    def diagnostics(self, args: Args, caller: Caller) -> dict[str, Any]:
+        """The health report (what `brain health --json` prints)."""
+        from brain.diag.health import report, run_checks
+
+        return report(run_checks(self.cfg, self.status, quick=True))
+
+    # -- pairing (local admin only: the socket's file permissions are the authentication) ----
+    def _pairing(self) -> Pairing:
+        if self.pairing is None:
+            raise Unavailable("pairing needs the API (api.enabled = true)")
+        return self.pairing
+
+    @command("pair")
+    def pair_code(self, args: Args, caller: Caller) -> dict[str, Any]:
+        """A fresh 6-digit pairing code."""
+        return self._pairing().new_code()
+
+    @command("pair.list")
+    def pair_list(self, args: Args, caller: Caller) -> list[dict[str, Any]]:
+        """Paired clients."""
+        return self._pairing().list()
+
+    @command("pair.revoke", args=RevokeArgs)
+    def pair_revoke(self, args: RevokeArgs, caller: Caller) -> dict[str, Any]:
+        """Revoke a client's token (and its tickets)."""
+        try:
+            return self._pairing().revoke(args.name)
+        except KeyError as e:
+            raise NotFound(str(e.args[0]) if e.args else "no such client") from None
+
+    # -- test hooks (BRAIN_TEST_HOOKS=1 only) --------------------------------------------------
+    @command("debug.stall", args=StallArgs)
+    def debug_stall(self, args: StallArgs, caller: Caller) -> dict[str, Any]:
+        """Test hook: make the control loop hang (simulates a stuck driver)."""
+        if not self.test_hooks:
+            raise Unavailable("test hooks are off (BRAIN_TEST_HOOKS=1 enables them)")
+        self.rig.loop.stall(args.seconds)
+        return {"stalling_s": args.seconds}
+
+
+def pack_archive(out: Path) -> Path:
+    """Pack the export directory `out` as `out`.tar (fsynced, published atomically), then
+    remove `out`. Runs in a worker process (see `RobotService.episodes_export`)."""
+    archive = out.with_suffix(".tar")
+    tmp = archive.with_name(f".{archive.name}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            with tarfile.open(fileobj=fh, mode="w") as tar:  # JPEGs do not compress: plain tar
+                tar.add(out, arcname=out.name)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(archive)
+        fsync_dir(archive.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    shutil.rmtree(out)
+    return archive
+

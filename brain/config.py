@@ -12,6 +12,7 @@ The schema is plain dataclasses; each field's metadata carries its documentation
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -23,6 +24,9 @@ from typing import Any, get_type_hints
 from brain.paths import StateLayout
 
 SYSTEM_CONFIG = Path("/etc/brain/brain.toml")
+MAX_CONFIG_BYTES = 1 << 20  # a configuration file is a few KiB; /dev/zero is not one
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes, NUL included
 PROFILES = ("sim", "pi5-donkey")
 
 
@@ -106,8 +110,12 @@ class SafetyConfig:
                                   min=0.0, max=1.0)
     max_reverse: float = setting(0.3, "Largest reverse throttle ever sent (0..1).",
                                  min=0.0, max=1.0)
-    deadman_ms: int = setting(250, "Teleop silence after which the robot goes neutral (ms).",
+    deadman_ms: int = setting(250, "A teleop command lapses this long after it arrived, on "
+                              "every transport (ms); the robot is neutral by then.",
                               min=50, max=2000)
+    remote_reset_of_local_estop: bool = setting(False, "Let a paired API client reset an "
+                                                "e-stop latched on the robot (CLI) or by a "
+                                                "fault. Off: only `brain mode reset` can.")
 
 
 @dataclass
@@ -156,6 +164,12 @@ class TrainConfig:
 class ExportConfig:
     origin: str = setting("pi5", "Origin tag stamped on export manifests "
                           "(CONTINUON_EXPORT_ORIGIN).", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    keep_count: int = setting(5, "Export archives kept on the robot (the API's exports); the "
+                              "oldest beyond this are deleted after a new one.", min=1,
+                              max=1000)
+    keep_mb: int = setting(2048, "Total size of export archives kept on the robot (MiB); the "
+                           "oldest beyond it are deleted after a new one.", min=1,
+                           max=1_000_000)
 
 
 @dataclass
@@ -181,6 +195,15 @@ class ApiConfig:
     pairing_code_ttl_s: int = setting(300, "How long a pairing code stays valid (s).",
                                       min=30, max=3600)
     camera_fps: int = setting(10, "Frame-rate cap of the MJPEG live view.", min=1, max=30)
+    header_timeout_s: float = setting(10.0, "A connection must send a complete request head "
+                                      "within this long, or it is closed (slow clients).",
+                                      min=1.0, max=120.0)
+    max_pending_per_address: int = setting(16, "Connections one address may hold while they "
+                                           "send their request head; the oldest is closed "
+                                           "for a newer one.", min=2, max=1024)
+    trusted_proxies: str = setting("", "Comma-separated addresses of reverse proxies whose "
+                                   "X-Forwarded-For is believed; empty = none (the client "
+                                   "address is the TCP peer).")
 
 
 @dataclass
@@ -274,19 +297,23 @@ def _check_value(key: str, value: Any, tp: Any, meta: Mapping[str, Any], source:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):  # NaN compares false with every bound: refuse it here
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     elif tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
+        if CONTROL_CHARS.search(value):
+            raise ConfigError(f"{where}: {value!r} contains a control character")
     lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None and value < lo:
+    if lo is not None and not lo <= value:
         raise ConfigError(f"{where}: {value!r} is below the minimum {lo}")
-    if hi is not None and value > hi:
+    if hi is not None and not value <= hi:
         raise ConfigError(f"{where}: {value!r} is above the maximum {hi}")
     choices = meta.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
     pattern = meta.get("pattern")
-    if pattern and not re.match(pattern, value):
+    if pattern and not re.fullmatch(pattern, value):
         raise ConfigError(f"{where}: {value!r} is not a valid value")
     return value
 
@@ -374,16 +401,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
         path = SYSTEM_CONFIG
     if path is not None:
         p = Path(path)
-        try:
-            with p.open("rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: configuration file not found") from None
-        except PermissionError:
-            raise ConfigError(f"{p}: permission denied reading the configuration") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{p}: not valid TOML: {e}") from None
-        _apply(cfg, data, "", str(p))
+        _apply(cfg, read_toml(p), "", str(p))
         cfg.source = str(p)
     known = env_settings()
     for var, raw in sorted(env.items()):
@@ -404,7 +422,36 @@ def load_config(path: str | os.PathLike[str] | None = None,
     return cfg
 
 
+def read_toml(p: Path) -> dict[str, Any]:
+    """A configuration file's table; ConfigError naming the file for anything else."""
+    try:
+        if not p.exists():
+            raise ConfigError(f"{p}: configuration file not found")
+        if not p.is_file():
+            what = "a directory" if p.is_dir() else "not a regular file"
+            raise ConfigError(f"{p}: {what}; --config takes a TOML file")
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except PermissionError:
+        raise ConfigError(f"{p}: permission denied reading the configuration") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the configuration: {e.strerror or e}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p}: larger than {MAX_CONFIG_BYTES >> 10} KiB; not a configuration")
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+
+
 def _cross_checks(cfg: Config) -> None:
+    sock = str(cfg.socket_path)
+    if len(os.fsencode(sock)) > SOCKET_PATH_MAX:
+        raise ConfigError(f"runtime_dir (in {cfg.source}): the control socket path {sock} is "
+                          f"{len(os.fsencode(sock))} bytes, over the {SOCKET_PATH_MAX} a unix "
+                          "socket allows; choose a shorter runtime_dir")
     d = cfg.profiles.pi5_donkey
     if d.steering_channel == d.throttle_channel:
         raise ConfigError(f"profiles.pi5-donkey.throttle_channel (in {cfg.source}): "

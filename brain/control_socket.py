@@ -9,8 +9,9 @@ use the HTTPS API with a paired token. The commands themselves are the service's
 
 Every request gets an answer, malformed ones included (not JSON, not UTF-8, nested too deep,
 too large, too slow). One thread reads all connections (an idle connection costs a file
-descriptor, not a thread), with a read timeout and a cap on open connections; complete requests
-run on a bounded set of worker threads.
+descriptor, not a thread), with a read timeout and a cap on connections still sending their
+request (the one waiting longest is closed for a newcomer); complete requests run on a bounded
+set of worker threads.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from typing import Any
 
 import orjson
 
+from brain.paths import ensure_dir
+
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 64 * 1024
 READ_TIMEOUT_S = 5.0  # a client must send its whole request line within this
-MAX_CONNECTIONS = 64  # open at once; more are answered "busy" and closed
+MAX_CONNECTIONS = 64  # still sending their request; the oldest is closed for a newcomer
 MAX_WORKERS = 16  # requests running at once (an export takes seconds)
 
 
@@ -158,7 +161,11 @@ class ControlServer:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.parent.is_dir():  # systemd makes /run/brain; in development we do
+            try:
+                ensure_dir(self.path.parent, 0o750)
+            except OSError as e:
+                raise RuntimeError(str(e)) from None
         if self.path.exists() or self.path.is_symlink():
             # A stale socket from a killed daemon: refuse if something still answers on it.
             try:
@@ -242,11 +249,16 @@ class ControlServer:
             except OSError as e:  # EMFILE and friends: keep serving the connections we have
                 log.warning("control socket: accept failed: %s", e)
                 return
-            if len(conns) >= self.max_connections:
+            while len(conns) >= self.max_connections:
+                # Make room by closing the connection that has waited longest without sending
+                # its request: a flood of idle connections can delay nobody's command.
+                oldest_fd = next(iter(conns))
+                oldest = conns.pop(oldest_fd)
+                sel.unregister(oldest.sock)
                 self.refused += 1
-                self._answer_and_close(sock, _error(
-                    f"busy: {len(conns)} connections open; try again", "unavailable"))
-                continue
+                self._answer_and_close(oldest.sock, _error(
+                    "closed: too many connections waiting; send the request at once",
+                    "unavailable"))
             sock.setblocking(False)
             conns[sock.fileno()] = _Conn(sock, time.monotonic() + self.read_timeout_s)
             sel.register(sock, selectors.EVENT_READ, None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
@@ -22,8 +23,9 @@ from brain.control.rt import renice_threads
 from brain.control_socket import ControlServer
 from brain.hardware.robot import RobotError
 from brain.notify import Notifier
+from brain.paths import StateDirError
 from brain.rig import Rig
-from brain.service import RobotService
+from brain.service import RobotService, clean_exports
 
 log = logging.getLogger("brain.daemon")
 
@@ -52,7 +54,15 @@ class Daemon:
             log.warning("%s", note)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle_signal)
-        cfg.state_path.mkdir(parents=True, exist_ok=True)
+        os.umask(0o027)  # nothing the daemon creates is writable by others, whatever it inherited
+        try:
+            cfg.layout.prepare()
+        except StateDirError as e:
+            log.error("state_dir (in %s): %s", cfg.source, e)
+            return 2
+        removed = clean_exports(cfg.layout.exports)
+        if removed:
+            log.warning("removed what killed exports left behind: %s", ", ".join(removed))
         try:
             self.rig = Rig.build(cfg)
         except ConfigError as e:
@@ -61,6 +71,10 @@ class Daemon:
         except RobotError as e:
             log.error("cannot start the %s robot: %s", cfg.profile, e)
             return 1
+        except OSError as e:  # the state dir on a full or read-only disk, first start included
+            where = f"{e.filename}: " if e.filename else ""
+            log.error("cannot start: %s%s", where, e.strerror or e)
+            return 2
         try:
             return self._run_connected(self.rig)
         finally:
@@ -79,7 +93,12 @@ class Daemon:
                                               test_hooks=self.test_hooks)
         self.control = ControlServer(
             cfg.socket_path, lambda name, args: service.commands.call(name, args, LOCAL))
-        self.control.start()
+        try:
+            self.control.start()
+        except RuntimeError as e:  # another daemon on the socket, or the path is unusable
+            log.error("%s", e)
+            self.control = None
+            return 1
         if not rig.start():
             log.error("control loop did not start: %r", rig.loop.fatal)
             return 1

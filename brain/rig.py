@@ -115,7 +115,8 @@ class Rig:
             model = ActiveModel()
             if with_policy:
                 load_configured_policy(cfg, model)
-            modes = ModeMachine(cfg.safety.deadman_ms / 1000.0, has_policy=model.available)
+            modes = ModeMachine(cfg.safety.deadman_ms / 1000.0, has_policy=model.available,
+                                remote_reset_of_local_estop=cfg.safety.remote_reset_of_local_estop)
             runner = PolicyRunner(model, robot.frames, max_age_s=cfg.safety.deadman_ms / 1000.0)
             loop = ControlLoop.from_config(robot, modes, cfg, policy=runner)
             identity = describe(cfg.state_path, cfg.robot_name, cfg.profile)

@@ -10,6 +10,7 @@ swap, so no client can delay a tick.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -26,16 +28,18 @@ from pydantic import Field
 
 from brain import __version__
 from brain.commands import (
+    LOCAL,
     Args,
     Caller,
     CommandTable,
+    Forbidden,
     InsufficientStorage,
     NotFound,
     Refused,
     Unavailable,
     command,
 )
-from brain.control.modes import REQUESTS, ModeError
+from brain.control.modes import BY_REMOTE, BY_ROBOT, REQUESTS, ForbiddenReset, ModeError
 from brain.durable import fsync_dir
 from brain.rlds.recorder import RecorderError
 from brain.rlds.store import (
@@ -55,6 +59,7 @@ log = logging.getLogger(__name__)
 
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 EXPORT_NAME = re.compile(r"^rlds-[0-9TZ-]{1,40}\.tar$")
+EXPORT_DIR = re.compile(r"^rlds-[0-9TZ-]{1,40}$")  # an export not yet packed
 
 
 def cpu_temperature() -> float | None:
@@ -167,6 +172,8 @@ class RobotService:
         out: dict[str, Any] = {
             "mode": modes.mode.value, "mode_family": modes.mode.family,
             "estop_reason": modes.estop_reason or None,
+            "estop_origin": modes.estop_origin or None,
+            "estop_history": [asdict(e) for e in list(modes.estop_history)[-10:]],
             "profile": self.cfg.profile, "robot_name": self.cfg.robot_name,
             "model": rig.model.id, "robot_id": rig.identity["id"],
             "uptime_s": round(time.monotonic() - self.started, 3),
@@ -204,8 +211,12 @@ class RobotService:
     @command("mode", args=ModeArgs, http=("POST", "/mode"))
     def set_mode(self, args: ModeArgs, caller: Caller) -> dict[str, Any]:
         """Change mode: idle, manual, arm, drive, estop (latched) or reset."""
+        origin = BY_REMOTE if caller.remote else BY_ROBOT
         try:
-            new = self.rig.modes.request(args.mode, reason=args.reason or str(caller))
+            new = self.rig.modes.request(args.mode, reason=args.reason or str(caller),
+                                         origin=origin)
+        except ForbiddenReset as e:
+            raise Forbidden(str(e)) from None
         except ModeError as e:
             raise Refused(str(e)) from None
         log.info("mode -> %s (requested by %s)", new.value, caller)
@@ -305,7 +316,7 @@ class RobotService:
         items = []
         if self.exports_dir.is_dir():
             for p in self.exports_dir.iterdir():
-                if EXPORT_NAME.match(p.name) and p.is_file():
+                if EXPORT_NAME.fullmatch(p.name) and p.is_file():
                     st = p.stat()
                     items.append({"name": p.name, "size": st.st_size, "created": st.st_mtime,
                                   "url": f"/api/v1/exports/{p.name}"})
@@ -314,7 +325,7 @@ class RobotService:
 
     def export_path(self, name: str) -> Path:
         """The archive called `name` (a name, never a path); NotFound otherwise."""
-        if not EXPORT_NAME.match(name):
+        if not EXPORT_NAME.fullmatch(name):
             raise NotFound(f"no export named {name!r}")
         path = self.exports_dir / name
         if not path.is_file():
@@ -333,14 +344,13 @@ class RobotService:
              blocking=True)
     def episodes_export(self, args: ExportArgs, caller: Caller) -> dict[str, Any]:
         """Export episodes (all when none named) as an RLDS tar archive to download."""
-        from brain.rlds.export import ExportError, prepare_cloud_export, run_niced
+        from brain.rlds.export import ExportError, ExportNoSpace, prepare_cloud_export, run_niced
 
-        exports = self.exports_dir
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         if not self._export_lock.acquire(blocking=False):
             raise Refused("an export is already running; try again when it has finished")
         try:
-            exports.mkdir(parents=True, exist_ok=True)
+            exports = self.exports_dir
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             out = exports / f"rlds-{stamp}"
             n = 1
             while out.exists() or out.with_suffix(".tar").exists():
@@ -348,26 +358,51 @@ class RobotService:
                 out = exports / f"rlds-{stamp}-{n}"
             # The heavy work (load, validate, serialise, hash, tar) runs in niced worker
             # processes: CPU-bound Python here would compete with the control loop for the GIL.
+            # Free space must hold the export twice (directory, then tar) and still leave the
+            # recorder its minimum.
             try:
                 prepare_cloud_export(self.episodes_dir, out, episode_ids=args.ids or None,
                                      anonymize=args.anonymize, origin=self.cfg.export.origin,
-                                     isolate=True)
+                                     isolate=True, space_factor=2.0,
+                                     reserve_bytes=self.cfg.recorder.min_free_mb << 20)
                 archive = run_niced(pack_archive, out)
             except EpisodeNotFound as e:  # the store's message names a server path: not here
                 missing = [i for i in args.ids if i in str(e)] or args.ids
                 raise NotFound(f"no episode {missing[0]!r}") from None
+            except ExportNoSpace as e:
+                raise InsufficientStorage(f"{e} (DELETE /api/v1/exports/NAME removes old "
+                                          "exports)") from None
             except (ExportError, EpisodeError) as e:
                 raise Refused(str(e)) from None
             except OSError as e:
-                if e.errno == 28:
-                    raise InsufficientStorage(
-                        f"the disk holding {exports} is full; delete old exports "
-                        "(DELETE /api/v1/exports/NAME) or episodes and try again") from None
-                raise
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise InsufficientStorage(
+                    f"the disk holding {exports.name}/ filled up while packing the export; it "
+                    "was removed. Delete old exports or episodes and try again") from None
+            finally:
+                shutil.rmtree(out, ignore_errors=True)  # packed, or a failure's leftovers
+            removed = self._prune_exports(keep=archive.name)
         finally:
             self._export_lock.release()
         return {"name": archive.name, "size": archive.stat().st_size,
-                "url": f"/api/v1/exports/{archive.name}"}
+                "url": f"/api/v1/exports/{archive.name}", "pruned": removed}
+
+    def _prune_exports(self, keep: str) -> list[str]:
+        """Keep at most export.keep_count archives and export.keep_mb MiB of them (the newest
+        ones, `keep` always); delete the rest."""
+        items = self.exports_list(Args(), LOCAL)["exports"]  # newest first
+        limit_n, limit_bytes = self.cfg.export.keep_count, self.cfg.export.keep_mb << 20
+        removed, total = [], 0
+        for n, item in enumerate(items):
+            total += item["size"]
+            if item["name"] != keep and (n >= limit_n or total > limit_bytes):
+                (self.exports_dir / item["name"]).unlink(missing_ok=True)
+                removed.append(item["name"])
+        if removed:
+            fsync_dir(self.exports_dir)
+            log.info("export retention removed %s", ", ".join(removed))
+        return removed
 
     # -- health -------------------------------------------------------------------------------
     @command("diagnostics", http=("GET", "/diagnostics"), blocking=True)
@@ -396,10 +431,14 @@ class RobotService:
     @command("pair.revoke", args=RevokeArgs)
     def pair_revoke(self, args: RevokeArgs, caller: Caller) -> dict[str, Any]:
         """Revoke a client's token (and its tickets)."""
+        from brain.api.pairing import StoreError
+
         try:
             return self._pairing().revoke(args.name)
         except KeyError as e:
             raise NotFound(str(e.args[0]) if e.args else "no such client") from None
+        except StoreError as e:
+            raise (InsufficientStorage if e.no_space else Unavailable)(str(e)) from None
 
     # -- test hooks (BRAIN_TEST_HOOKS=1 only) --------------------------------------------------
     @command("debug.stall", args=StallArgs)
@@ -411,9 +450,24 @@ class RobotService:
         return {"stalling_s": args.seconds}
 
 
+def clean_exports(exports: Path) -> list[str]:
+    """At start-up: remove what exports killed mid-way left in `exports` (scratch, and an
+    unpacked export whose tar was never finished; only finished .tar archives are served)."""
+    from brain.rlds.export import clean_stale_temps
+
+    removed = clean_stale_temps(exports)
+    if exports.is_dir():
+        for path in exports.iterdir():
+            if path.is_dir() and not path.is_symlink() and EXPORT_DIR.fullmatch(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+    return removed
+
+
 def pack_archive(out: Path) -> Path:
     """Pack the export directory `out` as `out`.tar (fsynced, published atomically), then
-    remove `out`. Runs in a worker process (see `RobotService.episodes_export`)."""
+    remove `out`. Runs in a worker process (see `RobotService.episodes_export`); a failure
+    removes the partial tar (and the caller removes `out`)."""
     archive = out.with_suffix(".tar")
     tmp = archive.with_name(f".{archive.name}.tmp")
     try:

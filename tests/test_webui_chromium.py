@@ -68,9 +68,18 @@ def daemon(tmp_path: Path) -> Iterator[tuple[DaemonProcess, str]]:
         assert rc == 0, f"daemon exited {rc}:\n{d.log()}"
 
 
+def wait_for_js(page: Any, expression: str, what: str) -> Any:
+    """Poll a JavaScript expression until it is truthy. Not `page.wait_for_function`: that
+    builds its predicate with eval inside the page, which the page's Content-Security-Policy
+    (script-src 'self', no 'unsafe-eval') rightly refuses; `page.evaluate` goes through the
+    DevTools protocol, which the policy does not govern."""
+    return wait_until(lambda: page.evaluate(expression), what=what, interval=0.05)
+
+
 def wait_for_ticks(page: Any, above: int) -> None:
     """Until the telemetry shown on the page reports more than `above` loop ticks."""
-    page.wait_for_function(f"Number(document.querySelector('#rate').dataset.ticks) > {above}")
+    wait_for_js(page, f"Number(document.querySelector('#rate').dataset.ticks) > {above}",
+                f"more than {above} ticks on the page")
 
 
 def action_of(text: str) -> tuple[float, float]:
@@ -88,7 +97,12 @@ def test_pair_arm_drive_telemetry_estop(daemon, tmp_path):
             page = browser.new_page(viewport={"width": 390, "height": 844}, has_touch=True,
                                     is_mobile=True, device_scale_factor=2)
             page.set_default_timeout(10_000)
-            page.goto(url + "/")
+            blocked: list[str] = []  # what the page's Content-Security-Policy refused
+            page.on("console", lambda m: blocked.append(m.text)
+                    if "Content Security Policy" in m.text else None)
+            first = page.goto(url + "/")
+            assert first is not None and "frame-ancestors 'none'" in \
+                first.headers["content-security-policy"]
             page.wait_for_selector("#pair-screen:not([hidden])")
             page.wait_for_selector("#robot-name:text-is('webui-car')")
             page.fill("#pair-code", "000000")
@@ -112,8 +126,8 @@ def test_pair_arm_drive_telemetry_estop(daemon, tmp_path):
             # Drive: the seed policy steers and throttles the simulated car.
             page.click("[data-mode=drive]")
             page.wait_for_selector("#mode[data-value=autonomous_driving]:text-is('driving')")
-            page.wait_for_function("Number(document.querySelector('#action').textContent"
-                                   ".split(' ')[3]) !== 0")
+            wait_for_js(page, "Number(document.querySelector('#action').textContent"
+                        ".split(' ')[3]) !== 0", "the policy's throttle on the page")
             wait_for_ticks(page, int(page.get_attribute("#rate", "data-ticks") or 0) + 5)
             st = d.status()
             assert st["mode"] == "autonomous_driving" and st["action"]["source"] == "policy"
@@ -130,7 +144,8 @@ def test_pair_arm_drive_telemetry_estop(daemon, tmp_path):
                             what="status to show the key command")
             assert (st["action"]["steering"], st["action"]["throttle"]) == (MAX_STEERING, 0.5)
             assert action_of(page.text_content("#action") or "") == (MAX_STEERING, 0.5)
-            page.wait_for_function("document.querySelector('#camera').naturalWidth > 0")
+            wait_for_js(page, "document.querySelector('#camera').naturalWidth > 0",
+                        "a camera frame on the page")
             assert page.evaluate("[document.querySelector('#camera').naturalWidth, "
                                  "document.querySelector('#camera').naturalHeight]") == list(CAMERA)
             page.screenshot(path=str(shot))
@@ -159,5 +174,6 @@ def test_pair_arm_drive_telemetry_estop(daemon, tmp_path):
             page.wait_for_selector("#episode-list li")
             page.click("#show-diagnostics")
             page.wait_for_selector("#diagnostics:text('checks')")
+            assert not blocked, blocked  # the page works entirely under its own policy
         finally:
             browser.close()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import MutableHeaders
@@ -44,6 +46,15 @@ def create_app(ctx: ApiContext, extra_routers: Iterable[tuple[APIRouter, str]] =
     async def refused(request: Request, exc: CommandError) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "kind": exc.kind}, status_code=exc.http_status)
 
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # A short reason and one log line; never the input itself (a NaN in it made FastAPI's
+        # own answer unserialisable: 500 and a traceback for any unauthenticated client).
+        reason = short_reason(exc.errors())
+        log.info("malformed request %s %s from %s: %s", request.method, request.url.path,
+                 request.client.host if request.client else "?", reason)
+        return JSONResponse({"detail": reason, "kind": "invalid"}, status_code=422)
+
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         # Only real bugs get here: every expected failure is mapped to a 4xx by its route.
@@ -55,9 +66,27 @@ def create_app(ctx: ApiContext, extra_routers: Iterable[tuple[APIRouter, str]] =
     return app
 
 
+def short_reason(errors: Any) -> str:
+    """`where: what` of the first validation error, bounded, without the offending input."""
+    try:
+        err = errors[0]
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+        return f"{where}: {err.get('msg', 'invalid')}"[:200]
+    except (IndexError, TypeError, AttributeError):
+        return "malformed request"
+
+
+# The page loads only its own files; nothing may frame it (clickjacking the STOP button).
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
+                           "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; "
+                           "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
 class SecurityHeaders:
     """Pure ASGI (not BaseHTTPMiddleware, which costs a task per request and buffers
-    streams): nosniff everywhere, no caching of API answers."""
+    streams): nosniff, no framing, a content security policy and no referrer everywhere (the
+    interactive API docs, which load their scripts elsewhere, excepted from the policy); no
+    caching of API answers."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -67,11 +96,16 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         api = scope["path"].startswith(API_PREFIX)
+        docs = scope["path"] == f"{API_PREFIX}/docs"
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("X-Frame-Options", "DENY")
+                headers.setdefault("Referrer-Policy", "no-referrer")
+                if not docs:
+                    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
                 if api:
                     headers.setdefault("Cache-Control", "no-store")
             await send(message)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 
 from brain.api.auth import ctx_of, require_client
 from brain.api.models import PairRequest
-from brain.api.pairing import CodeRejected, LockedOut
+from brain.api.pairing import CodeRejected, LockedOut, StoreError
 
 router = APIRouter()
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {401: {"description": "Not paired"}}
@@ -25,8 +25,9 @@ async def health(request: Request) -> dict[str, Any]:
 
 
 @router.post("/pair", tags=["public"],
-             responses={403: {"description": "Code wrong or expired"},
-                        429: {"description": "Locked out after failed codes"}})
+             responses={403: {"description": "Code wrong, expired or retired"},
+                        429: {"description": "Locked out after failed codes"},
+                        507: {"description": "The robot's disk is full"}})
 async def pair(body: PairRequest, request: Request) -> dict[str, Any]:
     """Exchange the code shown by `brain pair` for a bearer token; pin `fingerprint`."""
     ctx = ctx_of(request)
@@ -38,6 +39,8 @@ async def pair(body: PairRequest, request: Request) -> dict[str, Any]:
                             headers={"Retry-After": str(int(e.retry_after_s) + 1)}) from None
     except CodeRejected as e:
         raise HTTPException(403, str(e)) from None
+    except StoreError as e:
+        raise HTTPException(507 if e.no_space else 503, str(e)) from None
     ident = ctx.service.identity()
     return {"token": token, "token_type": "bearer", "client_name": body.client_name,
             "fingerprint": ctx.fingerprint, "id": ident.get("id", ""),

@@ -66,9 +66,13 @@ async def _teleop_session(ws: WebSocket, ctx: ApiContext, client: str) -> None:
     released at once. A command refused in the current mode is answered with one
     {"error", "kind"} frame, repeated only after a command was accepted again."""
     refused = False
+    since = ctx.pairing.clock()
     try:
         while not ctx.closing.is_set():
             msg = await ws.receive()
+            if not ctx.pairing.still_paired(client, since):
+                await ws.close(code=1008, reason="client revoked")
+                break
             if msg["type"] == "websocket.disconnect":
                 break
             text = msg.get("text")
@@ -112,9 +116,11 @@ async def camera(request: Request,
     """Live camera view, capped at api.camera_fps; frames are encoded by the daemon once."""
     ctx = ctx_of(request)
 
+    since = ctx.pairing.clock()
+
     async def frames() -> AsyncIterator[bytes]:
         period, last_t = 1.0 / ctx.camera_fps, None
-        while not ctx.closing.is_set():
+        while not ctx.closing.is_set() and ctx.pairing.still_paired(client, since):
             got = ctx.service.latest_jpeg(max_age_s=2.0)
             if got is not None and got[1] != last_t:
                 jpeg, last_t = got
@@ -132,6 +138,7 @@ async def telemetry(request: Request,
     """Server-Sent Events, one JSON snapshot per event at ~10 Hz: mode, action, lateness,
     rate, resources, recorder."""
     ctx = ctx_of(request)
-    while not ctx.closing.is_set():
+    since = ctx.pairing.clock()
+    while not ctx.closing.is_set() and ctx.pairing.still_paired(client, since):
         yield ctx.service.telemetry()
         await asyncio.sleep(1.0 / ctx.telemetry_hz)

@@ -26,12 +26,15 @@ from brain.api.discovery import (
     interface_choice,
     txt_record,
 )
+from brain.api.guard import ConnectionGuard, protocol_class
 from brain.api.routes_live import MAX_TELEOP_MESSAGE
 from brain.api.tls import ensure_certificate
 from brain.config import Config
 from brain.service import RobotService
 
 log = logging.getLogger(__name__)
+
+MAX_PENDING = 256  # connections still sending their request head, all addresses together
 
 
 
@@ -109,10 +112,23 @@ class ApiServer:
         if self.tls:
             tls_kw = {"ssl_certfile": str(self.tls_material.cert_path),
                       "ssl_keyfile": str(self.tls_material.key_path)}
+        a = self.cfg.api
+        self.guard = ConnectionGuard(a.header_timeout_s, a.max_pending_per_address,
+                                     MAX_PENDING)
+        proxies = [p.strip() for p in a.trusted_proxies.split(",") if p.strip()]
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+                                http=protocol_class(self.guard),
                                 ws="websockets-sansio", ws_max_size=MAX_TELEOP_MESSAGE * 4,
                                 ws_ping_interval=5.0, ws_ping_timeout=5.0,
-                                timeout_graceful_shutdown=2, limit_concurrency=64,
+                                timeout_graceful_shutdown=2, timeout_keep_alive=5,
+                                # Stalled clients are held to MAX_PENDING by the guard; this
+                                # only bounds what is really being served.
+                                limit_concurrency=MAX_PENDING + 256,
+                                # The client address is the TCP peer unless a proxy the user
+                                # named says otherwise: X-Forwarded-For from anyone else would
+                                # let a client choose the address its lockout is counted on.
+                                proxy_headers=bool(proxies),
+                                forwarded_allow_ips=proxies or None,
                                 h11_max_incomplete_event_size=16 * 1024, **tls_kw)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, args=(sock,), name="api", daemon=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import gc
 import hashlib
 import json
@@ -33,6 +34,7 @@ import numpy as np
 from crc32c import crc32c
 
 from brain.durable import atomic_write_json, fsync_dir
+from brain.procs import die_with_parent
 from brain.rlds import example_wire as wire
 from brain.rlds.anonymize import Anonymizer
 from brain.rlds.schema import (
@@ -51,10 +53,13 @@ from brain.rlds.store import (
     LOG_FILE,
     Episode,
     EpisodeBusy,
+    EpisodeError,
     episode_dir,
     is_locked,
     list_episodes,
     load_episode,
+    read_meta,
+    try_lock,
 )
 from brain.rlds.tfds_meta import dataset_info_json, features_json, shard_name
 from brain.rlds.tfrecord import OVERHEAD, mask_crc, masked_crc
@@ -70,12 +75,18 @@ class ExportError(RuntimeError):
     """The export was refused; nothing was written. The message says why."""
 
 
+class ExportNoSpace(ExportError):
+    """Not enough free disk for the export (checked before it starts, or hit while writing:
+    then the partial output has been removed)."""
+
+
 def prepare_cloud_export(episodes_dir: Path, out_dir: Path, *,
                          episode_ids: list[str] | None = None, anonymize: bool = False,
                          origin: str = "pi5", dataset_name: str = "brain_episodes",
                          shard_max_bytes: int = 256 << 20,
                          description: str = "Robot episodes recorded by brain.",
-                         workers: int | None = None, isolate: bool = False) -> dict[str, Any]:
+                         workers: int | None = None, isolate: bool = False,
+                         reserve_bytes: int = 0, space_factor: float = 1.0) -> dict[str, Any]:
     """Validate, optionally anonymise, and export episodes; returns the manifest.
 
     `workers`: how many processes load, validate and write episodes (None: as many as the data
@@ -83,9 +94,11 @@ def prepare_cloud_export(episodes_dir: Path, out_dir: Path, *,
     contiguous run of the sorted episodes and writes its own shards, so the dataset's order is
     the episodes' order whatever the count. `isolate=True` keeps that work out of this process
     even for one worker (a daemon whose control loop must not share its GIL with the export).
+    Free disk beside `out_dir` must hold the expected export (`space_factor` times it, for a
+    caller that will copy it, e.g. into a tar) plus `reserve_bytes`, or ExportNoSpace.
     """
     episodes_dir, out_dir = Path(episodes_dir), Path(out_dir)
-    if not _NAME_RE.match(dataset_name):
+    if not _NAME_RE.fullmatch(dataset_name):
         raise ExportError(f"dataset name {dataset_name!r} must be snake_case (a-z, 0-9, _)")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ExportError(f"workers must be a positive integer, got {workers!r}")
@@ -95,8 +108,15 @@ def prepare_cloud_export(episodes_dir: Path, out_dir: Path, *,
     sizes = [_log_size(episodes_dir, eid) for eid in ids]
     count = min(workers, len(ids)) if workers is not None else _auto_workers(sizes)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.urandom(4).hex()}"
-    tmp.mkdir()
+    clean_stale_temps(out_dir.parent)
+    need = int(sum(map(_expected_bytes, [episodes_dir / i for i in ids], sizes))
+               * space_factor) + reserve_bytes
+    free = shutil.disk_usage(out_dir.parent).free
+    if free < need:
+        raise ExportNoSpace(f"the export needs about {need >> 20} MiB free next to "
+                            f"{out_dir} and {free >> 20} MiB are; free some space (old "
+                            "exports, episodes) or export fewer episodes")
+    tmp, lock_fd = _claim_temp(out_dir)
     salt = os.urandom(16) if anonymize else None  # one salt: tokens agree across workers
     chunks = [_Chunk(i, episodes_dir, part, tmp, episode_ids is None, salt, shard_max_bytes)
               for i, part in enumerate(_split(ids, sizes, count))]
@@ -111,10 +131,79 @@ def prepare_cloud_export(episodes_dir: Path, out_dir: Path, *,
             out_dir.rmdir()  # empty (checked above); rename cannot replace it atomically
         os.replace(tmp, out_dir)
         fsync_dir(out_dir.parent)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ExportNoSpace(f"the disk holding {out_dir.parent} filled up during the "
+                                "export; the partial export was removed. Free some space "
+                                "and try again") from None
         raise
+    finally:
+        _release_temp(tmp, lock_fd)
     return manifest
+
+
+def _expected_bytes(ep_dir: Path, log_bytes: int) -> int:
+    """About what an episode adds to an export: the export holds one image per step where the
+    log holds each frame once (at 30 fps and 50 Hz, 1.67 steps a frame: bench/record.py
+    measured 23.4 MB of log -> 38.2 MB), plus a little metadata."""
+    try:
+        meta = read_meta(ep_dir)
+        steps, frames = int(meta.get("steps") or 0), int(meta.get("frames") or 0)
+    except (EpisodeError, TypeError, ValueError):
+        steps = frames = 0
+    per_frame = steps / frames if frames else 2.0
+    return int(log_bytes * max(1.0, per_frame) * EXPORT_SLACK) + (64 << 10)
+
+
+EXPORT_SLACK = 1.05
+_TEMP = re.compile(r"^\..+\.tmp(-[0-9a-f]+)?$")
+
+
+def _claim_temp(out_dir: Path) -> tuple[Path, int]:
+    """A fresh scratch directory beside `out_dir`, held by a lock file beside it for as long as
+    this export runs (so `clean_stale_temps` never takes a live one)."""
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.urandom(4).hex()}"
+    lock_fd = try_lock(tmp.with_name(tmp.name + ".lock"))
+    assert lock_fd is not None  # a fresh random name: nobody else holds it
+    tmp.mkdir()
+    return tmp, lock_fd
+
+
+def _release_temp(tmp: Path, lock_fd: int) -> None:
+    tmp.with_name(tmp.name + ".lock").unlink(missing_ok=True)
+    os.close(lock_fd)
+
+
+def clean_stale_temps(parent: Path) -> list[str]:
+    """Remove scratch left in `parent` by exports that were killed (SIGKILL, power loss): every
+    `.NAME.tmp-*` directory or `.NAME.tmp` file whose lock no live export holds. Returns the
+    names removed."""
+    removed: list[str] = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        if not _TEMP.fullmatch(path.name):
+            continue
+        lock = path.with_name(path.name + ".lock")
+        fd = try_lock(lock) if lock.exists() else None
+        if lock.exists() and fd is None:
+            continue  # a live export holds it
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path.name)
+        except OSError:
+            pass
+        finally:
+            if fd is not None:
+                lock.unlink(missing_ok=True)
+                os.close(fd)
+    return removed
 
 
 # Below this much log per worker, processes cost more than they save. Measured here (2 shared
@@ -171,10 +260,12 @@ class _Chunk:
 
 def _pool(count: int) -> ProcessPoolExecutor:
     """Worker processes at lowered priority, forked from a forkserver: never a fork of a
-    threaded daemon, and each worker starts with numpy etc. already imported."""
+    threaded daemon, and each worker starts with numpy etc. already imported. The forkserver
+    (brain.rlds.forkserver_guard, preloaded there only) and every worker die with their parent:
+    a SIGKILLed daemon leaves no export running on."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
-    return ProcessPoolExecutor(count, mp_context=ctx, initializer=_lower_priority)
+    ctx.set_forkserver_preload(["brain.rlds.forkserver_guard", __name__])
+    return ProcessPoolExecutor(count, mp_context=ctx, initializer=_init_worker)
 
 
 def run_niced(fn: Callable[..., T], *args: Any) -> T:
@@ -194,6 +285,11 @@ def _run_in_processes(chunks: list[_Chunk]) -> list[dict[str, Any]]:
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def _init_worker() -> None:
+    die_with_parent()
+    _lower_priority()
 
 
 def _lower_priority() -> None:

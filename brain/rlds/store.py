@@ -54,7 +54,7 @@ def new_episode_id(t_wall: float | None = None) -> str:
 
 def episode_dir(episodes_dir: Path, episode_id: str) -> Path:
     """The directory of an existing episode; EpisodeNotFound names the id otherwise."""
-    if not isinstance(episode_id, str) or not _ID_RE.match(episode_id) or ".." in episode_id:
+    if not isinstance(episode_id, str) or not _ID_RE.fullmatch(episode_id) or ".." in episode_id:
         raise EpisodeNotFound(f"invalid episode id {episode_id!r}")
     path = Path(episodes_dir) / episode_id
     if not (path / EPISODE_FILE).is_file():

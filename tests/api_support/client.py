@@ -33,3 +33,11 @@ def pair(server: ApiServer, name: str = "tester") -> dict[str, str]:
         r = c.post("/api/v1/pair", json={"code": code, "client_name": name})
         r.raise_for_status()
     return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+@contextmanager
+def started_api(state_dir: Path) -> Iterator[tuple[LightService, httpx.Client, ApiServer]]:
+    """The real service over a light body behind a real server, and a paired client."""
+    with running_server(state_dir) as (server, svc):
+        with httpx.Client(base_url=server.url, headers=pair(server), timeout=60) as c:
+            yield svc, c, server

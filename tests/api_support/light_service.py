@@ -116,8 +116,8 @@ class LightService:
     def action(self) -> tuple[float, float]:
         return self.rig.loop.last_action.as_tuple()
 
-    def call(self, name: str, caller: Caller = LOCAL, **args: Any) -> Any:
-        return self.service.commands.call(name, args, caller)
+    def call(self, command: str, caller: Caller = LOCAL, **args: Any) -> Any:
+        return self.service.commands.call(command, args, caller)
 
     def rename(self, name: str, model: str | None = None) -> None:
         """Change what identity() reports, as a new robot name or an OTA swap would."""

@@ -78,6 +78,11 @@ class Caller:
     def __str__(self) -> str:
         return "local" if not self.remote else f"api:{self.client}"
 
+    def describe(self) -> str:
+        """For people: who asked (e.g. the default reason of an e-stop)."""
+        return ("requested on the robot (control socket)" if not self.remote
+                else f"requested by API client {self.client!r}")
+
 
 LOCAL = Caller("socket")
 

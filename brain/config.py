@@ -449,7 +449,7 @@ def read_toml(p: Path) -> dict[str, Any]:
 def _cross_checks(cfg: Config) -> None:
     sock = str(cfg.socket_path)
     if len(os.fsencode(sock)) > SOCKET_PATH_MAX:
-        raise ConfigError(f"runtime_dir (in {cfg.source}): the control socket path {sock} is "
+        raise ConfigError(f"runtime_dir: the control socket path {sock} is "
                           f"{len(os.fsencode(sock))} bytes, over the {SOCKET_PATH_MAX} a unix "
                           "socket allows; choose a shorter runtime_dir")
     d = cfg.profiles.pi5_donkey

@@ -58,7 +58,7 @@ class Daemon:
         try:
             cfg.layout.prepare()
         except StateDirError as e:
-            log.error("state_dir (in %s): %s", cfg.source, e)
+            log.error("state_dir: %s", e)
             return 2
         removed = clean_exports(cfg.layout.exports)
         if removed:

@@ -213,7 +213,7 @@ class RobotService:
         """Change mode: idle, manual, arm, drive, estop (latched) or reset."""
         origin = BY_REMOTE if caller.remote else BY_ROBOT
         try:
-            new = self.rig.modes.request(args.mode, reason=args.reason or str(caller),
+            new = self.rig.modes.request(args.mode, reason=args.reason or caller.describe(),
                                          origin=origin)
         except ForbiddenReset as e:
             raise Forbidden(str(e)) from None

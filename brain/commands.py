@@ -21,10 +21,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class CommandError(Exception):
-    """A command was refused; the message says why and is safe to show to the caller."""
+    """A command was refused; the message says why and is safe to show to the caller.
+    `fields` go into the answer beside the message (e.g. a bundle's refusal `reason`)."""
 
     kind = "invalid"
     http_status = 400
+
+    def __init__(self, message: str = "", **fields: Any) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 class Invalid(CommandError):
@@ -59,8 +64,15 @@ class InsufficientStorage(CommandError):
     kind, http_status = "insufficient_storage", 507
 
 
+class Rejected(CommandError):
+    """Content that failed verification (a bundle): `reason` names the check."""
+
+    kind, http_status = "rejected", 422
+
+
 ERRORS: dict[str, type[CommandError]] = {
-    c.kind: c for c in (Invalid, Refused, NotFound, Forbidden, Unavailable, InsufficientStorage)}
+    c.kind: c for c in (Invalid, Refused, NotFound, Forbidden, Unavailable, InsufficientStorage,
+                        Rejected)}
 
 
 @dataclass(frozen=True)

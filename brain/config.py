@@ -161,6 +161,22 @@ class TrainConfig:
 
 
 @dataclass
+class OtaConfig:
+    trusted_keys_dir: str = setting("/etc/brain/keys", "Directory of trusted publisher keys "
+                                    "(*.pub, Ed25519 PEM); bundles signed by others are "
+                                    "refused. A checkout's etc/keys is never trusted by "
+                                    "default.")
+    allow_local_promotion: bool = setting(False, "Trust the robot's own key for bundles it "
+                                          "trained itself (origin: device).")
+    max_bundle_bytes: int = setting(512 << 20, "Largest bundle accepted (bytes), downloads "
+                                    "and uploads included.", min=1 << 20, max=16 << 30)
+    attempts: int = setting(2, "Trials a bundle gets when it fails for a passing reason "
+                            "(the loop late, inference over its budget).", min=1, max=10)
+    probation_s: float = setting(10.0, "How long a new model drives under watch before it is "
+                                 "committed (s).", min=0.0, max=3600.0)
+
+
+@dataclass
 class ExportConfig:
     origin: str = setting("pi5", "Origin tag stamped on export manifests "
                           "(CONTINUON_EXPORT_ORIGIN).", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
@@ -224,6 +240,7 @@ class Config:
     policy: PolicyConfig = section(PolicyConfig, "Autonomous policy inference.")
     train: TrainConfig = section(TrainConfig, "On-device training.")
     export: ExportConfig = section(ExportConfig, "Dataset export.")
+    ota: OtaConfig = section(OtaConfig, "Signed model bundles over the air (ota/SPEC.md).")
     recorder: RecorderConfig = section(RecorderConfig, "Episode recording.")
     api: ApiConfig = section(ApiConfig, "HTTP API, pairing and LAN discovery.")
     profiles: Profiles = section(Profiles, "Per-profile hardware settings and calibration.")

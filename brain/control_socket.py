@@ -42,9 +42,10 @@ MAX_WORKERS = 16  # requests running at once (an export takes seconds)
 class ControlError(RuntimeError):
     """The daemon refused or failed a command; the message says why."""
 
-    def __init__(self, message: str, kind: str = "") -> None:
+    def __init__(self, message: str, kind: str = "", **fields: Any) -> None:
         super().__init__(message)
         self.kind = kind
+        self.fields = fields
 
 
 class DaemonNotRunning(ControlError):
@@ -90,7 +91,9 @@ class ControlClient:
         except ValueError:
             raise ControlError(f"the daemon on {self.path} answered garbage") from None
         if not reply.get("ok"):
-            raise ControlError(reply.get("error", "unknown error"), reply.get("kind", ""))
+            extra = {k: v for k, v in reply.items() if k not in ("ok", "error", "kind")}
+            raise ControlError(reply.get("error", "unknown error"), reply.get("kind", ""),
+                               **extra)
         return reply.get("result")
 
 
@@ -154,7 +157,7 @@ class ControlServer:
         try:
             return {"ok": True, "result": self._dispatch(cmd, args)}
         except CommandError as e:
-            return _error(str(e), e.kind)
+            return {**_error(str(e), e.kind), **e.fields}
         except Exception as e:  # a handler bug must not take the daemon down
             log.exception("control command %s failed", cmd)
             return _error(f"internal error: {type(e).__name__}: {e}", "internal")

@@ -23,6 +23,8 @@ from brain.control.rt import renice_threads
 from brain.control_socket import ControlServer
 from brain.hardware.robot import RobotError
 from brain.notify import Notifier
+from brain.ota.manager import OtaManager, kill_point_from_env
+from brain.ota.slots import StateFileError
 from brain.paths import StateDirError
 from brain.rig import Rig
 from brain.service import RobotService, clean_exports
@@ -64,7 +66,7 @@ class Daemon:
         if removed:
             log.warning("removed what killed exports left behind: %s", ", ".join(removed))
         try:
-            self.rig = Rig.build(cfg)
+            self.rig = Rig.build(cfg, with_policy=False)  # the OTA manager loads the model
         except ConfigError as e:
             log.error("configuration error: %s", e)
             return 2
@@ -89,7 +91,14 @@ class Daemon:
 
     def _run_connected(self, rig: Rig) -> int:
         cfg = self.cfg
-        service = self.service = RobotService(cfg, rig, self._pairing(),
+        ota = OtaManager(cfg, rig.model, rig.loop, rig.runner, rig.identity["id"],
+                         kill_at=kill_point_from_env(os.environ, self.test_hooks))
+        try:
+            ota.start()
+        except (StateFileError, OSError) as e:
+            log.error("model slots: %s", e)
+            return 2
+        service = self.service = RobotService(cfg, rig, self._pairing(), ota=ota,
                                               test_hooks=self.test_hooks)
         self.control = ControlServer(
             cfg.socket_path, lambda name, args: service.commands.call(name, args, LOCAL))

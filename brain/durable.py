@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,10 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644,
+                       before_replace: Callable[[], None] | None = None) -> None:
+    """`before_replace` runs with the new content synced but not yet in place (a test hook:
+    a kill there must leave the old file)."""
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
@@ -30,6 +34,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -40,9 +46,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o
     fsync_dir(target.parent)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, mode: int = 0o644) -> None:
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, mode: int = 0o644,
+                      before_replace: Callable[[], None] | None = None) -> None:
     data = json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n"
-    atomic_write_bytes(path, data, mode)
+    atomic_write_bytes(path, data, mode, before_replace)
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

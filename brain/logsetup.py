@@ -89,5 +89,8 @@ def setup_logging(level: str = "info", stream: TextIO | None = None) -> logging.
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(levelno)
+    # httpx logs every request's full URL at INFO: a download URL may carry a token.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(levelno, logging.WARNING))
     logging.captureWarnings(True)
     return handler

@@ -1,18 +1,28 @@
-"""Helper processes that must not outlive the process that started them.
+"""Worker processes for the daemon's heavy chores (exports, bundle verification): CPU- and
+I/O-bound work that must not share the daemon's GIL and scheduler slot with the control loop.
 
-Linux's parent-death signal (prctl PR_SET_PDEATHSIG): the kernel sends SIGKILL to this process
-when its parent thread exits, SIGKILL included, which no cleanup handler in the parent could
-ever do. It is checked against the parent we were started by, since the parent may already
-have died between our fork and the prctl call.
+Workers are forked from a forkserver (never a fork of the threaded daemon), run at nice
+WORKER_NICE or lower priority, and die with the process that started them: Linux's parent-death
+signal (prctl PR_SET_PDEATHSIG) has the kernel send SIGKILL when the parent dies, SIGKILL
+included, which no cleanup handler in the parent could ever do. Each worker sets it in its
+initializer (its parent, the forkserver, is single-threaded); the forkserver itself watches for
+the daemon going (`brain.rlds.forkserver_guard`, preloaded there only), because the kernel's
+signal follows the parent *thread* and the daemon's request threads come and go.
 """
 
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import signal
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, TypeVar
 
 PR_SET_PDEATHSIG = 1
+WORKER_NICE = 10  # below the control loop and the API: exports and installs run while driving
+T = TypeVar("T")
 
 
 def die_with_parent(expected_parent: int | None = None) -> bool:
@@ -28,3 +38,32 @@ def die_with_parent(expected_parent: int | None = None) -> bool:
     if os.getppid() != parent:  # orphaned before the prctl took effect
         os._exit(1)
     return True
+
+
+def worker_pool(count: int, preload: Iterable[str] = ()) -> ProcessPoolExecutor:
+    """`count` niced worker processes that die with this one; `preload` modules are imported
+    once in the forkserver, so each worker starts with them."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["brain.rlds.forkserver_guard", *preload])
+    return ProcessPoolExecutor(count, mp_context=ctx, initializer=_init_worker)
+
+
+def run_niced(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a worker process; its result or its exception (both pickled)."""
+    with worker_pool(1) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def _init_worker() -> None:
+    die_with_parent()
+    lower_priority()
+
+
+def lower_priority(nice: int = WORKER_NICE) -> None:
+    """Run at `nice` at least (absolute: a daemon at nice -10 must not hand its priority to its
+    workers; raising the value needs no privilege)."""
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) < nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError:
+        pass  # priority is a courtesy, not a requirement

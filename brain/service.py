@@ -34,8 +34,10 @@ from brain.commands import (
     CommandTable,
     Forbidden,
     InsufficientStorage,
+    Invalid,
     NotFound,
     Refused,
+    Rejected,
     Unavailable,
     command,
 )
@@ -53,6 +55,7 @@ from brain.rlds.store import (
 if TYPE_CHECKING:
     from brain.api.pairing import Pairing
     from brain.config import Config
+    from brain.ota.manager import OtaManager
     from brain.rig import Rig
 
 log = logging.getLogger(__name__)
@@ -120,16 +123,23 @@ class RevokeArgs(Args):
     name: str = Field(min_length=1, max_length=64)
 
 
+class OtaInstallArgs(Args):
+    source: str = Field(min_length=1, max_length=4096,
+                        description="an http(s) URL of a bundle, or (over the control socket "
+                                    "only) a path on the robot")
+
+
 class StallArgs(Args):
     seconds: float = Field(strict=True, gt=0, le=600, allow_inf_nan=False)
 
 
 class RobotService:
     def __init__(self, cfg: Config, rig: Rig, pairing: Pairing | None = None, *,
-                 test_hooks: bool = False) -> None:
+                 ota: OtaManager | None = None, test_hooks: bool = False) -> None:
         self.cfg = cfg
         self.rig = rig
         self.pairing = pairing
+        self.ota = ota
         self.test_hooks = test_hooks
         self.started = time.monotonic()
         self._callbacks: list[Callable[[], None]] = []
@@ -189,6 +199,10 @@ class RobotService:
                          "generation": rig.model.generation,
                          "last_infer_ms": round(o.infer_s * 1e3, 3) if o else None}
         out["resources"] = self.resources()
+        if self.ota is not None:
+            slots = self.ota.status()
+            out["ota"] = {k: slots[k] for k in ("phase", "active", "lkg", "candidate",
+                                                 "last_error")}
         return out
 
     def status_line(self) -> str:
@@ -205,7 +219,8 @@ class RobotService:
                 "lateness_ms": st.get("lateness_ms", {}), "rate_hz": st.get("rate_hz", 0.0),
                 "ticks": st.get("ticks", 0), "overruns": st.get("overruns", 0),
                 "model": self.rig.model.id, "resources": self.resources(),
-                "recorder": self.rig.episodes.status(), "t": time.time()}
+                "recorder": self.rig.episodes.status(), "t": time.time(),
+                "ota": self.ota.brief() if self.ota is not None else None}
 
     # -- driving ----------------------------------------------------------------------------
     @command("mode", args=ModeArgs, http=("POST", "/mode"))
@@ -344,7 +359,8 @@ class RobotService:
              blocking=True)
     def episodes_export(self, args: ExportArgs, caller: Caller) -> dict[str, Any]:
         """Export episodes (all when none named) as an RLDS tar archive to download."""
-        from brain.rlds.export import ExportError, ExportNoSpace, prepare_cloud_export, run_niced
+        from brain.procs import run_niced
+        from brain.rlds.export import ExportError, ExportNoSpace, prepare_cloud_export
 
         if not self._export_lock.acquire(blocking=False):
             raise Refused("an export is already running; try again when it has finished")
@@ -411,6 +427,82 @@ class RobotService:
         from brain.diag.health import report, run_checks
 
         return report(run_checks(self.cfg, self.status, quick=True))
+
+    # -- OTA -------------------------------------------------------------------------------------
+    def _ota(self) -> OtaManager:
+        if self.ota is None:
+            raise Unavailable("this service runs without the OTA manager")
+        return self.ota
+
+    @command("ota.status", http=("GET", "/ota"))
+    def ota_status(self, args: Args, caller: Caller) -> dict[str, Any]:
+        """Slots (active, last known good, candidate), phase, floor and the last error."""
+        return self._ota().status()
+
+    @command("ota.list", http=("GET", "/ota/bundles"))
+    def ota_list(self, args: Args, caller: Caller) -> dict[str, Any]:
+        """Bundles in the store, with their roles and any failure report."""
+        return self._ota().list()
+
+    @command("ota.install", args=OtaInstallArgs, http=("POST", "/ota/install"), blocking=True)
+    def ota_install(self, args: OtaInstallArgs, caller: Caller) -> dict[str, Any]:
+        """Verify and stage a bundle (URL, or a path on the robot), then start its trial."""
+        from brain.ota.bundle import BundleError
+        from brain.ota.manager import OtaError
+
+        ota = self._ota()
+        remote_url = args.source.startswith(("http://", "https://"))
+        if caller.remote and not remote_url:
+            raise Invalid("over the API a bundle comes as an upload (POST /api/v1/ota) or "
+                          "an http(s) URL, not a path on the robot")
+        try:
+            path = ota.download(args.source) if remote_url else Path(args.source)
+            return ota.install(path)
+        except BundleError as e:
+            raise Rejected(str(e), reason=e.reason) from None
+        except OtaError as e:
+            raise Refused(str(e)) from None
+        except OSError as e:
+            raise Refused(f"cannot read the bundle: {e.strerror or e}") from None
+
+    def ota_upload(self, path: Path) -> dict[str, Any]:
+        """A bundle a paired client uploaded (the API spooled it to `path`)."""
+        from brain.ota.bundle import BundleError
+        from brain.ota.manager import OtaError
+
+        try:
+            return self._ota().install(path)
+        except BundleError as e:
+            raise Rejected(str(e), reason=e.reason) from None
+        except OtaError as e:
+            raise Refused(str(e)) from None
+        finally:
+            path.unlink(missing_ok=True)
+
+    @command("ota.rollback", http=("POST", "/ota/rollback"), blocking=True)
+    def ota_rollback(self, args: Args, caller: Caller) -> dict[str, Any]:
+        """Abort a trial, or return to the previously committed bundle."""
+        from brain.ota.manager import OtaError
+
+        try:
+            return self._ota().rollback()
+        except OtaError as e:
+            raise Refused(str(e)) from None
+
+    @command("ota.commit", http=("POST", "/ota/commit"), blocking=True)
+    def ota_commit(self, args: Args, caller: Caller) -> dict[str, Any]:
+        """End a running trial's probation now and commit it."""
+        from brain.ota.manager import OtaError
+
+        try:
+            return self._ota().commit_now()
+        except OtaError as e:
+            raise Refused(str(e)) from None
+
+    @command("ota.gc", http=("POST", "/ota/gc"), blocking=True)
+    def ota_gc(self, args: Args, caller: Caller) -> dict[str, Any]:
+        """Remove stored bundles nothing refers to (never the factory bundle)."""
+        return self._ota().gc()
 
     # -- pairing (local admin only: the socket's file permissions are the authentication) ----
     def _pairing(self) -> Pairing:

@@ -111,6 +111,8 @@ sed -i "s/^profile = \"sim\"$/profile = \"$ROBOT_PROFILE\"/" "$candidate"
 # On the robot the API serves the LAN over HTTPS (TLS is automatic off loopback) on 8443.
 sed -i -e 's/^host = "127.0.0.1"$/host = "0.0.0.0"/' -e 's/^port = 8080$/port = 8443/' "$candidate"
 install -d -m 0755 "$confdir"
+# Trusted bundle publisher keys (*.pub) go here (ota.trusted_keys_dir); none by default.
+install -d -m 0755 "$confdir/keys"
 target="$confdir/brain.toml"
 record="$share/brain.toml.installed"
 conf_group=root

@@ -18,7 +18,7 @@ from brain.api.app import create_app
 from brain.api.context import ApiContext
 from tests.api_support.light_service import LightService
 
-_svc = LightService(Path(tempfile.mkdtemp(prefix="brain-fuzz-")))
+_svc = LightService(Path(tempfile.mkdtemp(prefix="brain-fuzz-")), with_ota=True)
 _pairing = _svc.service.pairing
 assert _pairing is not None
 _token = _pairing.pair(_pairing.new_code()["code"], "fuzzer", "testclient")

@@ -68,7 +68,7 @@ def test_headless_boot_is_armed_with_seed_policy_and_still(tmp_path):
         time.sleep(1.0)
         st = d.status()
         assert st["mode"] == "autonomous_armed"
-        assert st["model"].startswith("seed")
+        assert st["model"] == "factory-seed-v1"
         assert st["action"] == {"steering": 0.0, "throttle": 0.0, "source": "autonomous_armed"}
         assert st["policy"]["inferences"] > 0, "ARMED runs the policy with outputs held neutral"
         # and 'drive' makes the policy's output reach the actuators

@@ -130,7 +130,7 @@ def near(a: float, b: float, tol: float = 8.0) -> bool:
 def test_policy_drives_the_registers_records_and_stops_neutral(car) -> None:
     d, regs, url, serial_dev = car
     st = d.wait_ready()
-    assert st["profile"] == "pi5-donkey" and st["model"].startswith("seed")
+    assert st["profile"] == "pi5-donkey" and st["model"] == "factory-seed-v1"
     assert "EMULATED HARDWARE" in d.log()
     neutral = (PROFILE.steering_center_us, PROFILE.throttle_neutral_us)
     assert all(near(p, n) for p, n in zip(regs.pulses(), neutral, strict=True))

@@ -19,6 +19,7 @@ import brain.rlds.export as export
 from brain.commands import NotFound, Refused
 from brain.hardware.robot import FrameSlot
 from brain.paths import StateLayout
+from brain.procs import WORKER_NICE, run_niced
 from brain.rlds import ExportError, Recorder, load_episode, prepare_cloud_export
 from brain.rlds.store import LOG_FILE
 from brain.rlds.synthetic import STATE_NAMES, run_ticks, sample_images
@@ -154,7 +155,7 @@ def test_isolate_runs_the_work_in_another_process(episodes, tmp_path, monkeypatc
 
 
 def test_workers_run_niced():
-    assert export.run_niced(os.getpriority, os.PRIO_PROCESS, 0) >= export.EXPORT_NICE
+    assert run_niced(os.getpriority, os.PRIO_PROCESS, 0) >= WORKER_NICE
 
 
 def test_daemon_export_returns_an_archive_and_maps_errors(episodes, tmp_path, monkeypatch):

@@ -41,14 +41,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def daemon(tmp_path: Path) -> Iterator[tuple[DaemonProcess, str]]:
+def start_daemon(tmp_path: Path, extra_env: dict[str, str] | None = None
+                 ) -> Iterator[tuple[DaemonProcess, str]]:
     port = free_port()
     d = DaemonProcess(tmp_path / "state", "--sim", env={
         "BRAIN_API_ENABLED": "1", "BRAIN_API_HOST": "127.0.0.1", "BRAIN_API_PORT": str(port),
         "BRAIN_API_MDNS": "0", "BRAIN_API_TLS": "0", "BRAIN_ROBOT_NAME": "webui-car",
         "BRAIN_SAFETY_MAX_STEERING": str(MAX_STEERING), "BRAIN_CAMERA_WIDTH": str(CAMERA[0]),
-        "BRAIN_CAMERA_HEIGHT": str(CAMERA[1])})
+        "BRAIN_CAMERA_HEIGHT": str(CAMERA[1]), **(extra_env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         d.wait_ready()
@@ -66,6 +66,11 @@ def daemon(tmp_path: Path) -> Iterator[tuple[DaemonProcess, str]]:
     finally:
         rc = d.stop()
         assert rc == 0, f"daemon exited {rc}:\n{d.log()}"
+
+
+@pytest.fixture()
+def daemon(tmp_path: Path) -> Iterator[tuple[DaemonProcess, str]]:
+    yield from start_daemon(tmp_path)
 
 
 def wait_for_js(page: Any, expression: str, what: str) -> Any:
@@ -177,3 +182,38 @@ def test_pair_arm_drive_telemetry_estop(daemon, tmp_path):
             assert not blocked, blocked  # the page works entirely under its own policy
         finally:
             browser.close()
+
+
+def pair_page(page: Any, d: DaemonProcess, url: str) -> None:
+    page.goto(url + "/")
+    page.wait_for_selector("#pair-screen:not([hidden])")
+    page.fill("#pair-code", json.loads(d.cli("pair", "--json").stdout)["code"])
+    page.fill("#pair-client", "chromium")
+    page.click("#pair-form button")
+    page.wait_for_selector("#drive-screen:not([hidden])")
+
+
+def test_page_follows_ota_and_rolls_back(tmp_path: Path) -> None:
+    from tests.ota_support import make_vectors, trusted_dir
+
+    vectors = tmp_path / "vectors"
+    make_vectors(vectors)
+    env = {"BRAIN_OTA_TRUSTED_KEYS_DIR": str(trusted_dir(vectors, tmp_path / "keys")),
+           "BRAIN_OTA_PROBATION_S": "0.5"}
+    for d, url in start_daemon(tmp_path, env):
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(10_000)
+                pair_page(page, d, url)
+                page.wait_for_selector("#ota-active:text-is('factory-seed-v1')")
+                d.cli("ota", "install", str(vectors / "valid.bundle"))
+                page.wait_for_selector("#ota-active:text-is('vectors-1.2.0-r5')")
+                page.wait_for_selector("#ota-phase[data-value=committed]")
+                page.click("#ota-rollback")
+                page.wait_for_selector("#ota-active:text-is('factory-seed-v1')")
+                page.wait_for_selector("#ota-phase[data-value=rolled_back]")
+                assert d.status()["model"] == "factory-seed-v1"
+            finally:
+                browser.close()

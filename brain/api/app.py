@@ -19,6 +19,7 @@ from brain.api import routes_core, routes_exports, routes_live
 from brain.api.auth import require_client
 from brain.api.context import ApiContext
 from brain.api.routes_commands import command_router
+from brain.api.routes_ota import upload_router
 from brain.commands import CommandError
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,17 @@ def create_app(ctx: ApiContext, extra_routers: Iterable[tuple[APIRouter, str]] =
     app.include_router(routes_core.router, prefix=API_PREFIX)
     app.include_router(routes_live.router, prefix=API_PREFIX)
     app.include_router(routes_exports.router, prefix=API_PREFIX)
+    if ctx.service.ota is not None:
+        app.include_router(upload_router(ctx.service.cfg.ota.max_bundle_bytes),
+                           prefix=API_PREFIX)
     app.include_router(command_router(ctx.service.commands), prefix=API_PREFIX)
     for router, sub in extra_routers:
         app.include_router(router, prefix=API_PREFIX + sub, dependencies=[Depends(require_client)])
 
     @app.exception_handler(CommandError)
     async def refused(request: Request, exc: CommandError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "kind": exc.kind}, status_code=exc.http_status)
+        return JSONResponse({"detail": str(exc), "kind": exc.kind, **exc.fields},
+                            status_code=exc.http_status)
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:

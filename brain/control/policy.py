@@ -128,23 +128,25 @@ def postprocess(y: np.ndarray) -> Action:
 class Policy:
     """A loaded model: spec + backend; `act(image)` runs pre-process, inference, post-process."""
 
-    def __init__(self, spec: ModelSpec, backend: Backend) -> None:
+    def __init__(self, spec: ModelSpec, backend: Backend, label: str = "") -> None:
         self.spec = spec
         self.backend = backend
+        self.label = label  # the bundle it came from (OTA), shown instead of the spec's id
 
     @property
     def id(self) -> str:
-        return self.spec.id
+        return self.label or self.spec.id
 
     def act(self, image: np.ndarray) -> Action:
         return postprocess(self.backend.run(preprocess(image, self.spec)))
 
 
-def load_policy(model_dir: str, backend: str = "onnxruntime", threads: int = 1) -> Policy:
+def load_policy(model_dir: str, backend: str = "onnxruntime", threads: int = 1,
+                label: str = "") -> Policy:
     spec = load_spec(model_dir)
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    return Policy(spec, BACKENDS[backend](spec, threads))
+    return Policy(spec, BACKENDS[backend](spec, threads), label)
 
 
 class ActiveModel:
@@ -225,6 +227,8 @@ class PolicyRunner:
         self.enabled = threading.Event()
         self.errors = 0
         self.inferences = 0
+        self.out_of_bounds = 0  # outputs beyond `bounds` (an OTA probation watches this)
+        self.bounds: Any = None  # SafetyLimits to compare outputs with, or None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="policy", daemon=True)
         model.on_swap(self._drop_output)
@@ -284,3 +288,6 @@ class PolicyRunner:
                     continue  # swapped while this ran: its output belongs to the old model
                 self.output = out
                 self.inferences += 1
+                bounds = self.bounds
+                if bounds is not None and bounds.clamp(action) != action:
+                    self.out_of_bounds += 1

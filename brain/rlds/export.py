@@ -18,14 +18,13 @@ import errno
 import gc
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,7 +33,7 @@ import numpy as np
 from crc32c import crc32c
 
 from brain.durable import atomic_write_json, fsync_dir
-from brain.procs import die_with_parent
+from brain.procs import worker_pool
 from brain.rlds import example_wire as wire
 from brain.rlds.anonymize import Anonymizer
 from brain.rlds.schema import (
@@ -211,7 +210,6 @@ def clean_stale_temps(parent: Path) -> list[str]:
 # episodes (117 MB of log) exported in 0.24-0.35 s with 2 workers against 0.26-0.29 s with 1
 # (the I/O threads already use the second core); the gain grows with more cores (a Pi 5 has 4).
 _MIN_BYTES_PER_WORKER = 64 << 20
-EXPORT_NICE = 10  # workers run below the control loop and the API: exports run while driving
 
 
 def _auto_workers(sizes: list[int]) -> int:
@@ -258,49 +256,16 @@ class _Chunk:
     shard_max_bytes: int
 
 
-def _pool(count: int) -> ProcessPoolExecutor:
-    """Worker processes at lowered priority, forked from a forkserver: never a fork of a
-    threaded daemon, and each worker starts with numpy etc. already imported. The forkserver
-    (brain.rlds.forkserver_guard, preloaded there only) and every worker die with their parent:
-    a SIGKILLed daemon leaves no export running on."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["brain.rlds.forkserver_guard", __name__])
-    return ProcessPoolExecutor(count, mp_context=ctx, initializer=_init_worker)
-
-
-def run_niced(fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` in a worker process at lowered priority; its result or its exception (both
-    pickled). For CPU-heavy export chores of a process whose GIL must stay free (the daemon)."""
-    with _pool(1) as pool:
-        return pool.submit(fn, *args).result()
-
-
 def _run_in_processes(chunks: list[_Chunk]) -> list[dict[str, Any]]:
     """Each chunk in its own worker process; results in chunk order. A failing chunk's error
     is raised (the first in order when several fail) after every worker has stopped writing."""
-    with _pool(len(chunks)) as pool:
+    with worker_pool(len(chunks), preload=(__name__,)) as pool:
         futures = [pool.submit(_export_chunk, c) for c in chunks]
         try:
             return [f.result() for f in futures]
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
-
-
-def _init_worker() -> None:
-    die_with_parent()
-    _lower_priority()
-
-
-def _lower_priority() -> None:
-    """Run the worker at nice EXPORT_NICE at least (absolute: a daemon at nice -10 must not
-    hand its priority to its exports; raising the value needs no privilege)."""
-    try:
-        now = os.getpriority(os.PRIO_PROCESS, 0)
-        if now < EXPORT_NICE:
-            os.setpriority(os.PRIO_PROCESS, 0, EXPORT_NICE)
-    except OSError:
-        pass  # priority is a courtesy, not a requirement of the export
 
 
 @contextlib.contextmanager

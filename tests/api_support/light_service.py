@@ -23,6 +23,7 @@ from brain.api.pairing import Pairing
 from brain.commands import LOCAL, Caller
 from brain.config import Config
 from brain.hardware.robot import Action, Frame, FrameSlot, Observation, Robot, RobotSpec
+from brain.ota.manager import OtaManager
 from brain.rig import Rig
 from brain.service import RobotService
 
@@ -72,7 +73,7 @@ class LightService:
     """A started RobotService over LightBody; `close()` stops it."""
 
     def __init__(self, state_dir: Path | None = None, name: str = "testbot",
-                 deadman_ms: int = 250) -> None:
+                 deadman_ms: int = 250, with_ota: bool = False) -> None:
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="brain-light-"))
         cfg = Config(robot_name=name, state_dir=str(self.state_dir))
         cfg.safety.deadman_ms = deadman_ms
@@ -80,8 +81,16 @@ class LightService:
         cfg.control.spin_us = 0
         self.cfg = cfg
         self.rig = Rig.build(cfg, with_policy=False, robot=LightBody())
-        self.rig.model.swap(SteadyPolicy())  # type: ignore[arg-type]
-        self.service = RobotService(cfg, self.rig, Pairing(cfg.layout.api, 300))
+        if with_ota:  # the daemon's OTA manager: the factory bundle (the seed) drives
+            cfg.ota.trusted_keys_dir = ""
+            cfg.layout.prepare()
+            self.ota: OtaManager | None = OtaManager(cfg, self.rig.model, self.rig.loop,
+                                                     self.rig.runner, self.rig.identity["id"])
+            self.ota.start()
+        else:
+            self.ota = None
+            self.rig.model.swap(SteadyPolicy())  # type: ignore[arg-type]
+        self.service = RobotService(cfg, self.rig, Pairing(cfg.layout.api, 300), ota=self.ota)
         self.log: list[tuple[float, str, float, float]] = []  # (t, source, steering, throttle)
         self.teleop_count = 0
         self.last_command_at = float("-inf")
@@ -120,11 +129,12 @@ class LightService:
         return self.service.commands.call(command, args, caller)
 
     def rename(self, name: str, model: str | None = None) -> None:
-        """Change what identity() reports, as a new robot name or an OTA swap would."""
+        """Change what identity() reports: a new robot name (announced by hand), and a model
+        swapped in as an OTA install does it (announced by the model holder itself)."""
         self.rig.identity["name"] = name
+        self.service.changed()
         if model is not None:
             self.rig.model.swap(SimpleNamespace(id=model))  # type: ignore[arg-type]
-        self.service.changed()
 
     def close(self) -> None:
         self.rig.stop()

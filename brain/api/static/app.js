@@ -98,7 +98,23 @@ function showTelemetry(t) {
   $("action").textContent = "s " + (a.steering ?? 0).toFixed(2) + " t " + (a.throttle ?? 0).toFixed(2);
   const rec = t.recorder?.recording; const b = $("record");
   b.classList.toggle("on", !!rec); b.textContent = rec ? "■ Stop recording" : "● Record";
+  if (t.ota) showOta(t.ota);
 }
+
+// OTA: the active bundle and the slot phase come with every telemetry event.
+function showOta(o) {
+  $("ota-active").textContent = o.active ?? "–";
+  const p = $("ota-phase"); p.textContent = o.phase; p.dataset.value = o.phase;
+  $("ota-note").textContent = o.candidate ? "trying " + o.candidate
+    : (o.last_error ? o.last_error.reason + ": " + (o.last_error.bundle_id ?? "") : "");
+}
+$("ota-rollback").addEventListener("click", async () => {
+  $("drive-error").textContent = "";
+  try { const r = await api("/ota/rollback", { method: "POST", body: "{}" });
+    showOta({ phase: r.phase, active: r.active?.bundle_id, candidate: r.candidate?.bundle_id,
+      last_error: r.last_error }); }
+  catch (e) { $("drive-error").textContent = e.message; }
+});
 
 // --- inputs: joystick, keyboard, gamepad; the strongest source wins -----------------------
 function clamp(v) { return Math.max(-1, Math.min(1, v)); }

@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/api.py --seconds $(shell expr $(SECONDS_BENCH) / 3)
 	$(BIN)/python bench/record.py --seconds $(SECONDS_BENCH)
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/ota.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check brain tools tests bench

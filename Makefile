@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/record.py --seconds $(SECONDS_BENCH)
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/ota.py
+	$(BIN)/python bench/train.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check brain tools tests bench

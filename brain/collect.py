@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from brain.config import ConfigError
 from brain.control.rt import renice_threads
 from brain.hardware.robot import Observation, RobotError
 from brain.rig import Rig
@@ -35,6 +36,11 @@ def register(subparsers: Any, make_client: Callable[[], Any]) -> None:
     p.add_argument("--seconds", type=float, default=15.0, metavar="S",
                    help="length of each episode (default 15)")
     p.add_argument("--track", choices=tracks, help="track layout (default: the config's)")
+    p.add_argument("--track-file", metavar="FILE",
+                   help="a track layout file (etc/tracks/README.md); replaces --track")
+    p.add_argument("--lockstep", action="store_true",
+                   help="simulated time: as fast as the simulator renders, every frame "
+                        "recorded (control.lockstep); --seconds are simulated seconds")
     p.add_argument("--operator", default="teacher", help="operator stamped on the episodes")
     p.add_argument("--instruction", default="follow the track",
                    help="language_instruction stamped on every step")
@@ -71,8 +77,15 @@ def cmd_collect(args: argparse.Namespace) -> int:
         return 2
     if args.track:
         cfg.profiles.sim.track = args.track
+    if args.track_file:
+        cfg.profiles.sim.track_file = args.track_file
+    if args.lockstep:
+        cfg.control.lockstep = True
     try:
         rig = teacher_rig(cfg, args.operator)
+    except ConfigError as e:
+        print(f"brain collect: {e}", file=sys.stderr)
+        return 2
     except RobotError as e:
         print(f"brain collect: {e}", file=sys.stderr)
         return 1
@@ -80,11 +93,17 @@ def cmd_collect(args: argparse.Namespace) -> int:
     rig.modes.request("manual")
     recorded: list[str] = []
     try:
+        if loop.lockstep:
+            loop.hold()  # every episode exactly `seconds` of simulated ticks
         rig.start()
-        time.sleep(0.5)  # let the camera deliver before the first step
+        if not loop.lockstep:
+            time.sleep(0.5)  # let the camera deliver before the first step
         for i in range(args.episodes):
             eid = control.start(args.operator, args.instruction)
-            time.sleep(args.seconds)
+            if loop.lockstep:
+                loop.advance(round(args.seconds * cfg.drive_hz))
+            else:
+                time.sleep(args.seconds)
             summary = control.stop("completed")
             recorded.append(eid)
             print(f"episode {i + 1}/{args.episodes} {eid}: {summary.get('steps', 0)} steps, "
@@ -94,7 +113,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
                 print(f"brain collect: episode {eid} ended early: {summary.get('end_reason')}",
                       file=sys.stderr)
                 return 1
-    except RecorderError as e:
+    except (RecorderError, RuntimeError) as e:
         print(f"brain collect: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

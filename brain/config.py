@@ -54,6 +54,8 @@ class SimProfile:
     drive_hz: int = setting(50, "Control loop rate in Hz.", min=20, max=50)
     track: str = setting("oval", "Track layout.",
                          choices=("oval", "rounded-square", "chicane", "hairpin", "figure-s"))
+    track_file: str = setting("", "A track layout file (TOML or JSON: segments, width, theme;"
+                              " see etc/tracks/README.md); when set it replaces `track`.")
     road_width_m: float = setting(0.0, "Road width in metres; 0 = the track's own width.",
                                   min=0.0, max=3.0)
     road_colour: str = setting("", "Road colour #rrggbb; empty = the track's theme.",
@@ -142,6 +144,10 @@ class ControlConfig:
                                       "taken on a tick: the field plan's frame-to-step skew "
                                       "<= 5 ms. At 30 fps and 50 Hz frames fall up to 10 ms "
                                       "from the nearest tick whatever the loop does.")
+    lockstep: bool = setting(False, "Simulator only: run on simulated time, as fast as the "
+                             "simulator renders, with the camera, the policy and the recorder "
+                             "in step with every tick (collection, evaluation, benches); the "
+                             "same code path as real time. Refused with any other profile.")
     watchdog_margin_ticks: int = setting(10, "Ticks the loop may fall behind before the "
                                          "systemd watchdog is no longer fed.", min=2, max=1000)
 
@@ -158,6 +164,10 @@ class PolicyConfig:
 class TrainConfig:
     enable_background: bool = setting(False, "Run the background trainer "
                                       "(CONTINUON_ENABLE_BACKGROUND_TRAINER).")
+    sysfs_root: str = setting("/sys", "Where the trainer's resource monitor reads thermal "
+                              "zones (class/thermal/thermal_zone*/temp); a directory tree of "
+                              "your own in tests and containers.")
+    procfs_root: str = setting("/proc", "Where the resource monitor reads meminfo.")
 
 
 @dataclass
@@ -439,6 +449,18 @@ def load_config(path: str | os.PathLike[str] | None = None,
     return cfg
 
 
+def builtin_config(overrides: Mapping[str, Any] | None = None) -> Config:
+    """The built-in defaults with `overrides` (dotted keys) and nothing else: no file, no
+    environment. Closed-loop evaluation runs on this, so its figures do not depend on the
+    machine it runs on."""
+    cfg = Config()
+    cfg.source = "built-in defaults"
+    for dotted, value in (overrides or {}).items():
+        _apply(cfg, _nest(dotted, value), "", "overrides")
+    _cross_checks(cfg)
+    return cfg
+
+
 def read_toml(p: Path) -> dict[str, Any]:
     """A configuration file's table; ConfigError naming the file for anything else."""
     try:
@@ -464,6 +486,17 @@ def read_toml(p: Path) -> dict[str, Any]:
 
 
 def _cross_checks(cfg: Config) -> None:
+    if cfg.control.lockstep and cfg.profile != "sim":
+        raise ConfigError(f"control.lockstep (in {cfg.source}): simulated time exists only on "
+                          f"the simulator, not on {cfg.profile}")
+    if cfg.profiles.sim.track_file:
+        from brain.hardware.sim.tracks import SimParamError, load_track  # numpy: only if used
+
+        sim = cfg.profiles.sim
+        try:
+            load_track(sim.track, sim.road_width_m, track_file=sim.track_file)
+        except SimParamError as e:
+            raise ConfigError(f"profiles.sim.{e.key} (in {cfg.source}): {e.message}") from None
     sock = str(cfg.socket_path)
     if len(os.fsencode(sock)) > SOCKET_PATH_MAX:
         raise ConfigError(f"runtime_dir: the control socket path {sock} is "

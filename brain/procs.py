@@ -40,12 +40,15 @@ def die_with_parent(expected_parent: int | None = None) -> bool:
     return True
 
 
-def worker_pool(count: int, preload: Iterable[str] = ()) -> ProcessPoolExecutor:
+def worker_pool(count: int, preload: Iterable[str] = (),
+                max_tasks_per_child: int | None = None) -> ProcessPoolExecutor:
     """`count` niced worker processes that die with this one; `preload` modules are imported
-    once in the forkserver, so each worker starts with them."""
+    once in the forkserver, so each worker starts with them. `max_tasks_per_child=1` gives
+    every task a fresh process (its memory back to the system when it is done)."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["brain.rlds.forkserver_guard", *preload])
-    return ProcessPoolExecutor(count, mp_context=ctx, initializer=_init_worker)
+    return ProcessPoolExecutor(count, mp_context=ctx, initializer=_init_worker,
+                               max_tasks_per_child=max_tasks_per_child)
 
 
 def run_niced(fn: Callable[..., T], *args: Any) -> T:

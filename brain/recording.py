@@ -47,7 +47,8 @@ class EpisodeControl:
         recorder = Recorder(episodes_dir, robot.frames, jpeg_quality=cfg.camera.jpeg_quality,
                             fsync_interval_s=cfg.recorder.fsync_interval_ms / 1000.0,
                             min_free_bytes=cfg.recorder.min_free_mb << 20,
-                            max_episode_s=float(cfg.recorder.max_episode_s))
+                            max_episode_s=float(cfg.recorder.max_episode_s),
+                            lockstep=cfg.control.lockstep)
         camera = {"width": cfg.camera.width, "height": cfg.camera.height, "fps": cfg.camera.fps}
         return cls(recorder, robot, identity, cfg.drive_hz, camera,
                    cfg.recorder.operator if operator is None else operator, model_id)
@@ -96,7 +97,8 @@ class EpisodeControl:
         if not self._active:
             return
         self.recorder.on_step(StepSample(
-            t_mono=obs.t, t_wall=time.time(), state=obs.state,
+            t_mono=obs.t, t_wall=obs.t_wall if obs.t_wall is not None else time.time(),
+            state=obs.state,
             action=(action.steering, action.throttle), reward=obs.info.get("reward", 0.0),
             discount=1.0,
             is_terminal=False, mode=source, language_instruction=self._instruction))

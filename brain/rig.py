@@ -133,6 +133,8 @@ class Rig:
         self.runner.start()
         self.runner.enabled.set()
         self.loop.start()
+        if self.loop.held:
+            return self.loop.running  # lockstep, held at tick 0 until advanced
         return self.loop.wait_first_tick(timeout=3.0)
 
     def stop(self) -> None:

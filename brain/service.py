@@ -237,6 +237,12 @@ class RobotService:
         log.info("mode -> %s (requested by %s)", new.value, caller)
         return {"mode": new.value}
 
+    @command("mode.get", http=("GET", "/mode"))
+    def get_mode(self, args: Args, caller: Caller) -> dict[str, Any]:
+        """The current mode only (cheap: the trainer's resource monitor polls it)."""
+        mode = self.rig.modes.mode
+        return {"mode": mode.value, "mode_family": mode.family}
+
     @command("drive", args=DriveArgs, http=("POST", "/drive"))
     def drive(self, args: DriveArgs, caller: Caller) -> dict[str, Any]:
         """A manual command (-1..1 each) in MANUAL; it lapses after the deadman."""

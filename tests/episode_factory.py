@@ -28,7 +28,7 @@ def noisy_jpeg(shape: tuple[int, int, int] = (480, 640, 3), seed: int = 0) -> by
 
 def write_episode(episodes_dir: Path, episode_id: str, *, steps: int, jpeg: bytes,
                   shape: tuple[int, int, int] = (480, 640, 3), steps_per_frame: int = 2,
-                  hz: float = 50.0) -> Path:
+                  hz: float = 50.0, throttle: float = 0.2) -> Path:
     path = Path(episodes_dir) / episode_id
     path.mkdir(parents=True)
     t0, wall0 = time.monotonic() - steps / hz - 10, time.time() - steps / hz - 10
@@ -43,7 +43,7 @@ def write_episode(episodes_dir: Path, episode_id: str, *, steps: int, jpeg: byte
                 frames += 1
             n, crc = append_record(fh, encode_step(step_record(
                 i, t_mono=t, t_wall=wall0 + i / hz, state=[0.0] * len(STATE_NAMES),
-                action=(0.0, 0.2), reward=0.01, discount=1.0, is_terminal=False,
+                action=(0.0, throttle), reward=0.01, discount=1.0, is_terminal=False,
                 mode="manual", language_instruction="", frame=frames - 1, frame_skew_ms=0.0,
                 frame_new=new)), crc)
             size += n

@@ -39,6 +39,7 @@ SCRIPT: list[tuple[str, dict[str, Any]]] = [
     ("mode", {"mode": "manual"}),  # refused: latched
     ("mode", {"mode": "reset"}),
     ("mode", {"mode": "fly"}),  # invalid
+    ("mode.get", {}),
     ("episodes.stop", {}),  # refused: nothing recording
     ("episodes.start", {"operator": "ann", "language_instruction": "lap"}),
     ("episodes.start", {}),  # refused: already recording

@@ -183,9 +183,10 @@ def test_policy_drives_the_registers_records_and_stops_neutral(car) -> None:
         c.post("/api/v1/mode", json={"mode": "reset"}).raise_for_status()
         c.post("/api/v1/mode", json={"mode": "manual"}).raise_for_status()
         c.post("/api/v1/drive", json={"steering": -1.0, "throttle": 0.3}).raise_for_status()
-        left = wait_until(regs.pulses, lambda p: p[1] > neutral[1] + 50, timeout=2,
-                          what="the manual command in the registers")
-        assert near(left[0], PROFILE.steering_left_us)
+        # The driver writes throttle, then steering (a stop lands first): wait for both.
+        left = wait_until(regs.pulses, lambda p: p[1] > neutral[1] + 50
+                          and near(p[0], PROFILE.steering_left_us), timeout=2,
+                          what="the manual command in both channels")
         assert near(left[1], throttle_map(PROFILE).pulse_us(0.3))
         c.post("/api/v1/drive", json={"steering": -1.0, "throttle": 0.3}).raise_for_status()
         assert d.stop(signal.SIGTERM) == 0, d.log()

@@ -115,6 +115,32 @@ def evaluate(model_dir: Path, tracks: list[str], seconds: float) -> dict:
     return results
 
 
+def make_replay(out: Path, tracks: list[str], size: int, seed: int) -> None:
+    """The rehearsal set that travels with the seed (brain/train/replay.py): teacher frames
+    from every track the seed must keep driving, through the same path as recorded frames
+    (rendered, JPEG-encoded as the recorder does, decoded as the trainer does)."""
+    import simplejpeg
+
+    from brain.train import replay
+    from brain.train.data import Samples, decode_frame
+    from brain.train.model import INPUT_HEIGHT, INPUT_WIDTH
+
+    per = size // len(tracks)
+    images, actions, places = [], [], []
+    for track in tracks:
+        for img, a in collect_teacher_demos(track, per, width=640, height=480, seed=seed):
+            jpeg = simplejpeg.encode_jpeg(img, 75, colorspace="RGB", colorsubsampling="420")
+            images.append(decode_frame(jpeg, INPUT_WIDTH, INPUT_HEIGHT))
+            actions.append((a.steering, a.throttle))
+            places.append(track)
+    replay.save(out / replay.REPLAY_FILE,
+                Samples(np.stack(images), np.asarray(actions, np.float32), places))
+    spec = json.loads((out / "policy.json").read_text())
+    spec["replay"] = replay.REPLAY_FILE
+    (out / "policy.json").write_text(json.dumps(spec, indent=2) + "\n")
+    print(f"wrote {out / replay.REPLAY_FILE}: {len(actions)} samples from {', '.join(tracks)}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("brain/models/seed"))
@@ -124,8 +150,17 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-seconds", type=float, default=40.0)
     ap.add_argument("--eval-tracks", default="oval,rounded-square,chicane,hairpin,figure-s")
+    ap.add_argument("--replay-tracks", default="oval,rounded-square,figure-s",
+                    help="tracks the seed must keep driving: its rehearsal set")
+    ap.add_argument("--replay-size", type=int, default=512)
+    ap.add_argument("--replay-only", action="store_true",
+                    help="only (re)make the rehearsal set of the model in --out")
     args = ap.parse_args()
     from brain.train.model import INPUT_HEIGHT, INPUT_WIDTH
+
+    if args.replay_only:
+        make_replay(args.out, args.replay_tracks.split(","), args.replay_size, args.seed)
+        return 0
 
     print(f"collecting {args.samples} teacher frames on {args.track}", flush=True)
     xs, ys = collect(args.track, args.samples, args.seed, INPUT_WIDTH, INPUT_HEIGHT)
@@ -140,6 +175,7 @@ def main() -> int:
     spec = json.loads((args.out / "policy.json").read_text())
     spec["training"] = meta["training"]
     (args.out / "policy.json").write_text(json.dumps(spec, indent=2) + "\n")
+    make_replay(args.out, args.replay_tracks.split(","), args.replay_size, args.seed)
     print(f"wrote {args.out}")
     return 0
 

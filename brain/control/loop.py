@@ -69,7 +69,7 @@ class ControlLoop:
     def __init__(self, robot: Robot, modes: ModeMachine, limits: SafetyLimits, hz: float, *,
                  policy: Any = None, realtime: bool = False, rt_priority: int = 50,
                  cpu: int = -1, watchdog_margin_ticks: int = 10, spin_s: float = 0.0,
-                 phase_lock: bool = False) -> None:
+                 phase_lock: bool = False, lockstep: bool = False) -> None:
         self.robot = robot
         self.modes = modes
         self.limits = limits
@@ -92,8 +92,12 @@ class ControlLoop:
         self._write_errors = 0
         self.fatal: BaseException | None = None
         self.phase_lock = phase_lock
+        self.lockstep = lockstep  # simulated time: no deadlines, ticks as fast as the body reads
         self._locked_seq = -1
         self.phase_shift_s = 0.0  # total the grid has moved to follow the camera
+        # Lockstep tick budget (hold/advance): the loop waits before tick `_tick_limit`.
+        self._budget = threading.Condition()
+        self._tick_limit: int | None = None
 
     @classmethod
     def from_config(cls, robot: Robot, modes: ModeMachine, cfg: Config,
@@ -103,8 +107,9 @@ class ControlLoop:
         return cls(robot, modes, SafetyLimits(s.max_steering, s.max_throttle, s.max_reverse),
                    cfg.drive_hz, policy=policy, realtime=c.realtime, rt_priority=c.rt_priority,
                    cpu=c.cpu, watchdog_margin_ticks=c.watchdog_margin_ticks,
-                   spin_s=c.spin_us / 1e6,
-                   phase_lock=c.camera_phase_lock and can_phase_lock(robot, cfg.drive_hz))
+                   spin_s=c.spin_us / 1e6, lockstep=c.lockstep,
+                   phase_lock=c.camera_phase_lock and not c.lockstep
+                   and can_phase_lock(robot, cfg.drive_hz))
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -168,10 +173,14 @@ class ControlLoop:
             "thread": self.thread_notes,
             "camera_phase_lock": {"on": self.phase_lock,
                                   "shift_ms": round(self.phase_shift_s * 1e3, 3)},
+            "lockstep": self.lockstep,
         }
 
     # -- the loop ------------------------------------------------------------------------------
     def _run(self) -> None:
+        if self.lockstep:
+            self._run_lockstep()
+            return
         self.thread_notes = configure_control_thread(self.realtime, self.rt_priority, self.cpu)
         log.info("control loop at %g Hz: %s", self.hz, "; ".join(self.thread_notes) or "default")
         period = self.period
@@ -219,6 +228,66 @@ class ControlLoop:
             log.critical("control loop crashed: %r", e, exc_info=True)
         finally:
             self._safe_neutral()
+
+    def _run_lockstep(self) -> None:
+        """Simulated time: each tick runs as soon as the last one is done; the body stamps the
+        observations (t0 + k / hz) and waits for its frame's consumers. No lateness is
+        measured: there are no deadlines. Everything else is `_tick`, as in real time."""
+        log.info("control loop at %g Hz in lockstep (simulated time)", self.hz)
+        self.thread_notes = ["lockstep: simulated time"]
+        try:
+            while self._await_budget():
+                start = time.monotonic()
+                if self.stats.ticks == 0:
+                    self.stats.first_start = self.stats.started_at = start
+                self._tick(start)
+                self.stats.last_start = start
+                self.stats.last_tick = time.monotonic()
+                with self._budget:
+                    self.stats.ticks += 1
+                    self._budget.notify_all()
+        except BaseException as e:
+            self.fatal = e
+            log.critical("control loop crashed: %r", e, exc_info=True)
+        finally:
+            self._safe_neutral()
+
+    def hold(self) -> None:
+        """Lockstep: stop before the next tick until `advance` (before `start`: at tick 0)."""
+        with self._budget:
+            self._tick_limit = self.stats.ticks if self.running else 0
+
+    def advance(self, ticks: int, timeout: float = 600.0) -> None:
+        """Lockstep, held: run exactly `ticks` more ticks and return when they are done, the
+        loop held again (e.g. an episode of exactly N steps). Raises RuntimeError when the loop
+        dies or does not get there within `timeout` wall seconds."""
+        deadline = time.monotonic() + timeout
+        with self._budget:
+            if self._tick_limit is None:
+                raise RuntimeError("advance() needs a held lockstep loop (hold() first)")
+            self._tick_limit += ticks
+            self._budget.notify_all()
+            while self.stats.ticks < self._tick_limit:
+                if self.fatal is not None or (self._thread is not None
+                                              and not self._thread.is_alive()):
+                    raise RuntimeError(f"the control loop stopped: {self.fatal!r}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the loop did not reach tick {self._tick_limit} within "
+                                       f"{timeout:g} s (at {self.stats.ticks})")
+                self._budget.wait(0.1)
+
+    def _await_budget(self) -> bool:
+        """Lockstep: False once stopped while held."""
+        with self._budget:
+            while (self._tick_limit is not None and self.stats.ticks >= self._tick_limit
+                   and not self._stop.is_set()):
+                self._budget.notify_all()
+                self._budget.wait(0.05)
+        return not self._stop.is_set()
+
+    @property
+    def held(self) -> bool:
+        return self._tick_limit is not None
 
     def _phase_shift(self, t0: float) -> float:
         """How far to move the deadline grid t0 + k * period towards the newest frame's

@@ -230,7 +230,7 @@ class PolicyRunner:
         self.out_of_bounds = 0  # outputs beyond `bounds` (an OTA probation watches this)
         self.bounds: Any = None  # SafetyLimits to compare outputs with, or None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="policy", daemon=True)
+        self._thread: threading.Thread | None = None
         model.on_swap(self._drop_output)
 
     def _drop_output(self) -> None:
@@ -240,11 +240,16 @@ class PolicyRunner:
         if self.frame_source is None:
             log.warning("no camera: the policy cannot run (autonomous outputs stay neutral)")
             return
+        # Subscribed before the loop can publish a frame: a lockstep camera then waits for this
+        # thread from the very first frame, so a lockstep run is the same on every machine.
+        cid = self.frame_source.subscribe()
+        self._thread = threading.Thread(target=self._run, args=(cid,), name="policy",
+                                        daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout=2.0)
 
     def latest(self, now: float) -> Action | None:
@@ -254,40 +259,51 @@ class PolicyRunner:
             return None
         return out.action
 
-    def _run(self) -> None:
+    def _run(self, cid: int) -> None:
+        # A lockstep camera waits for this thread to be done with each frame (FrameSlot.ack).
+        try:
+            self._infer_frames(cid)
+        finally:
+            self.frame_source.unsubscribe(cid)
+
+    def _infer_frames(self, cid: int) -> None:
         seq = -1
+        source = self.frame_source
         while not self._stop.is_set():
             if not self.enabled.wait(timeout=0.1):
                 continue
-            if self.model.policy is None:  # nothing to run until a model is swapped in
-                self._stop.wait(0.05)
-                continue
-            frame: Frame | None = self.frame_source.wait_newer(seq, timeout=0.1)
+            frame: Frame | None = source.wait_newer(seq, timeout=0.1)
             if frame is None:
                 continue
             seq = frame.seq
-            policy, generation = self.model.snapshot()
-            if policy is None:
-                continue
-            t0 = time.perf_counter()
             try:
-                action = policy.act(frame.image)
-            except Exception:
-                self.errors += 1
-                if self.errors <= 3 or self.errors % 100 == 0:
-                    log.exception("policy inference failed (%d so far)", self.errors)
-                with self.model.lock:
-                    if self.model.generation == generation:
-                        self.output = None
-                continue
-            dt = time.perf_counter() - t0
-            out = PolicyOutput(action, frame.t_capture, time.monotonic(), frame.seq, dt,
-                               generation)
+                self._infer(frame)
+            finally:
+                source.ack(cid, seq)
+
+    def _infer(self, frame: Frame) -> None:
+        policy, generation = self.model.snapshot()
+        if policy is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            action = policy.act(frame.image)
+        except Exception:
+            self.errors += 1
+            if self.errors <= 3 or self.errors % 100 == 0:
+                log.exception("policy inference failed (%d so far)", self.errors)
             with self.model.lock:
-                if self.model.generation != generation:
-                    continue  # swapped while this ran: its output belongs to the old model
-                self.output = out
-                self.inferences += 1
-                bounds = self.bounds
-                if bounds is not None and bounds.clamp(action) != action:
-                    self.out_of_bounds += 1
+                if self.model.generation == generation:
+                    self.output = None
+            return
+        dt = time.perf_counter() - t0
+        out = PolicyOutput(action, frame.t_capture, time.monotonic(), frame.seq, dt,
+                           generation)
+        with self.model.lock:
+            if self.model.generation != generation:
+                return  # swapped while this ran: its output belongs to the old model
+            self.output = out
+            self.inferences += 1
+            bounds = self.bounds
+            if bounds is not None and bounds.clamp(action) != action:
+                self.out_of_bounds += 1

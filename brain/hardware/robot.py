@@ -50,10 +50,11 @@ class Frame:
 class Observation:
     """What the loop reads each tick."""
 
-    t: float  # time.monotonic() at read
+    t: float  # time.monotonic() at read (simulated time in lockstep)
     state: np.ndarray  # float32 vector described by RobotSpec.state_names
     frame: Frame | None  # latest camera frame (may be older than this tick)
     info: dict[str, float] = field(default_factory=dict)  # ground truth etc. (simulator)
+    t_wall: float | None = None  # wall-clock time of `t` when it is simulated (lockstep)
 
 
 @dataclass(frozen=True)
@@ -115,12 +116,19 @@ class FrameSlot:
 
     Readers never wait; a writer never blocks on a reader. Swapping one reference under a lock
     is enough: frames are immutable once published.
+
+    Lockstep (the simulator on simulated time, brain.hardware.sim): consumers that must see
+    every frame (the recorder's encoder, the policy thread) `subscribe` and `ack` each frame
+    when done with it, and the simulated camera `wait_acked` before the loop moves on, so
+    simulated time never outruns them. In real time nobody waits for acks.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._frame: Frame | None = None
         self._cond = threading.Condition(self._lock)
+        self._acked: dict[int, int] = {}  # consumer id -> newest seq it is done with
+        self._next_id = 0
 
     def publish(self, frame: Frame) -> None:
         with self._cond:
@@ -141,3 +149,35 @@ class FrameSlot:
                     return None
                 self._cond.wait(remaining)
             return self._frame
+
+    # -- lockstep -----------------------------------------------------------------------------
+    def subscribe(self) -> int:
+        """A consumer id; the frames published so far count as seen."""
+        with self._cond:
+            cid = self._next_id
+            self._next_id += 1
+            self._acked[cid] = self._frame.seq if self._frame is not None else -1
+            return cid
+
+    def unsubscribe(self, cid: int) -> None:
+        with self._cond:
+            self._acked.pop(cid, None)
+            self._cond.notify_all()
+
+    def ack(self, cid: int, seq: int) -> None:
+        with self._cond:
+            if cid in self._acked and seq > self._acked[cid]:
+                self._acked[cid] = seq
+                self._cond.notify_all()
+
+    def wait_acked(self, timeout: float) -> bool:
+        """Until every subscriber is done with the newest frame (False after `timeout`)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._frame is not None and any(
+                    a < self._frame.seq for a in self._acked.values()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True

@@ -149,6 +149,8 @@ def model_files(model_dir: Path) -> dict[str, str]:
         files[spec.weights] = "weights"
     for name in spec.extra.get("adapters", []) or []:
         files[str(name)] = "adapter"
+    if spec.extra.get("replay"):
+        files[str(spec.extra["replay"])] = "replay"
     return files
 
 

@@ -58,6 +58,9 @@ class RecorderError(RuntimeError):
 class FrameSource(Protocol):
     def wait_newer(self, seq: int, timeout: float) -> Frame | None: ...
     def latest(self) -> Frame | None: ...
+    def subscribe(self) -> int: ...
+    def unsubscribe(self, cid: int) -> None: ...
+    def ack(self, cid: int, seq: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ class Recorder:
     def __init__(self, episodes_dir: Path, frame_source: FrameSource | None, *,
                  jpeg_quality: int = 75, fsync_interval_s: float = 0.5,
                  min_free_bytes: int = 512 << 20, max_episode_s: float = 600.0,
-                 frame_wait_s: float = 0.1) -> None:
+                 frame_wait_s: float = 0.1, lockstep: bool = False) -> None:
         if not 1 <= jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be 1..100, got {jpeg_quality}")
         if not 0 < fsync_interval_s <= 1.0:
@@ -129,6 +132,9 @@ class Recorder:
         self.min_free_bytes = min_free_bytes
         self.max_episode_s = max_episode_s
         self.frame_wait_s = frame_wait_s
+        # Simulated time (brain.hardware.sim lockstep): the camera waits for the encoder to
+        # ack each frame, and every frame is in when the loop stops, so a stop settles at once.
+        self.lockstep = lockstep
         self._lock = threading.Lock()  # start/stop/status only; never taken by on_step
         self._session: _Session | None = None
         self._threads: list[threading.Thread] = []
@@ -250,8 +256,17 @@ class Recorder:
     def _encoder(self, s: _Session) -> None:
         src = self.frame_source
         assert src is not None
+        subscriber = src.subscribe() if self.lockstep else None
+        try:
+            self._encode_frames(s, src, subscriber)
+        finally:
+            if subscriber is not None:
+                src.unsubscribe(subscriber)
+
+    def _encode_frames(self, s: _Session, src: FrameSource, subscriber: int | None) -> None:
         last_seq = -1
         while not s.encoder_stop.is_set():
+            frame = None
             try:
                 frame = src.wait_newer(last_seq, 0.1)
                 if frame is None:
@@ -259,7 +274,10 @@ class Recorder:
                 if last_seq >= 0 and frame.seq > last_seq + 1:
                     s.dropped_frames += frame.seq - last_seq - 1
                 last_seq = frame.seq
-                if len(s.frames_in) >= _FRAME_QUEUE_MAX:
+                if subscriber is not None:  # lockstep: never drop a frame, wait for room
+                    while len(s.frames_in) >= _FRAME_QUEUE_MAX and not s.encoder_stop.is_set():
+                        time.sleep(0.002)
+                elif len(s.frames_in) >= _FRAME_QUEUE_MAX:
                     s.dropped_frames += 1
                     continue
                 img = np.ascontiguousarray(frame.image)
@@ -270,6 +288,9 @@ class Recorder:
             except Exception as e:  # a bad frame costs that frame, not the episode
                 s.dropped_frames += 1
                 log.warning("episode %s: frame not recorded: %s", s.id, e)
+            finally:
+                if subscriber is not None and frame is not None:
+                    src.ack(subscriber, frame.seq)
 
     # -- writer thread ------------------------------------------------------------------------
 
@@ -295,7 +316,8 @@ class Recorder:
                     limit = step.t_mono + SYNC_EPSILON_S
                     # Decided once a later frame exists, or after waiting long enough.
                     settled = (not has_camera or any(f.t_capture > limit for f in frames)
-                               or now - step.t_mono > self.frame_wait_s)
+                               or now - step.t_mono > self.frame_wait_s
+                               or (stopping and self.lockstep))
                     if not settled:
                         break
                     pending.popleft()

@@ -5,6 +5,11 @@ Time is the control loop's: each `write()` advances the physics by exactly one t
 phase-locked to the loop: when a frame is due on the `camera.fps` schedule, `read()` hands a
 snapshot of the camera pose and its own timestamp to the camera thread, which renders it and
 publishes a `Frame` stamped with exactly that timestamp. The loop thread never renders.
+
+Lockstep (`control.lockstep`): simulated time instead. `read()` stamps tick k with
+t0 + k / drive_hz, first waits until every frame consumer (recorder, policy) is done with the
+newest frame, and renders a due frame itself, so the loop runs as fast as rendering allows and
+every frame is seen, in the same code path as in real time.
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ class SimRobot(Robot):
         self.frames_requested = 0
         self.frames_dropped = 0  # requests overwritten before the camera thread took them
         self._info: dict[str, float] = {}
+        self.lockstep = bool(cfg.control.lockstep)
+        self._t0 = 0.0  # simulated time of tick 0 (lockstep)
+        self._wall0 = 0.0
 
     # -- Robot -----------------------------------------------------------------------------------
 
@@ -73,8 +81,11 @@ class SimRobot(Robot):
         # Build the raster and per-pixel rays here, once, so the first frame is not late.
         self._camera = self.world.camera(self.width, self.height)
         self._stop = False
-        self._thread = threading.Thread(target=self._camera_loop, name="sim-camera", daemon=True)
-        self._thread.start()
+        self._t0, self._wall0 = time.monotonic(), time.time()
+        if not self.lockstep:
+            self._thread = threading.Thread(target=self._camera_loop, name="sim-camera",
+                                            daemon=True)
+            self._thread.start()
         self._connected = True
         log.info("simulator: track %s, road %.2f m, camera %dx%d at %d fps, %d Hz",
                  self.world.track.name, self.world.track.width, self.width, self.height,
@@ -83,6 +94,8 @@ class SimRobot(Robot):
     def read(self) -> Observation:
         if not self._connected:
             raise RobotError("simulated robot: read() before connect()")
+        if self.lockstep:
+            return self._read_lockstep()
         t = time.monotonic()
         if frame_due(self._tick, self.hz, self.fps):
             pose = self.world.car.camera_pose()
@@ -97,6 +110,22 @@ class SimRobot(Robot):
         st = self.world.car.state
         state = np.array([st.speed, st.yaw_rate, st.steering, st.throttle], np.float32)
         return Observation(t=t, state=state, frame=self._slot.latest(), info=self._info)
+
+    def _read_lockstep(self) -> Observation:
+        if not self._slot.wait_acked(timeout=30.0):
+            log.error("lockstep: a frame consumer did not keep up within 30 s; going on")
+        t = self._t0 + self._tick * self.dt
+        if frame_due(self._tick, self.hz, self.fps):
+            assert self._camera is not None
+            image = self._camera.render(*self.world.car.camera_pose())
+            self._slot.publish(Frame(image=image, t_capture=t, seq=self._seq))
+            self._seq += 1
+            self.frames_requested += 1
+        self._tick += 1
+        st = self.world.car.state
+        state = np.array([st.speed, st.yaw_rate, st.steering, st.throttle], np.float32)
+        return Observation(t=t, state=state, frame=self._slot.latest(), info=self._info,
+                           t_wall=self._wall0 + (t - self._t0))
 
     def write(self, action: Action) -> None:
         if not self._connected:

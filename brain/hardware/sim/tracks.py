@@ -12,10 +12,15 @@ positive when the car points left of the track direction.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -253,15 +258,134 @@ class Track:
         return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
 
 
+# -- track files ---------------------------------------------------------------------------------
+
+TRACK_FILE_MAX = 256 << 10
+_THEME_KEYS = ("road", "line", "ground", "dashes", "sky_top", "sky_horizon")
+
+
+def load_track_file(path: str | os.PathLike[str]) -> Layout:
+    """A layout from a TOML or JSON file (format: etc/tracks/README.md), validated: every
+    problem is a SimParamError naming the file and the field."""
+    p = Path(path)
+
+    def bad(msg: str) -> SimParamError:
+        return SimParamError("track_file", f"{p}: {msg}")
+
+    try:
+        raw = p.read_bytes()[:TRACK_FILE_MAX + 1] if p.is_file() else None
+    except OSError as e:
+        raise bad(f"unreadable ({e.strerror or e})") from None
+    if raw is None:
+        raise bad("no such file")
+    if len(raw) > TRACK_FILE_MAX:
+        raise bad(f"larger than {TRACK_FILE_MAX >> 10} KiB; not a track file")
+    try:
+        text = raw.decode("utf-8")
+        doc = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise bad(f"not valid {'JSON' if p.suffix.lower() == '.json' else 'TOML'}: {e}") \
+            from None
+    if not isinstance(doc, dict):
+        raise bad("not a table")
+    unknown = set(doc) - {"name", "width_m", "segments", "theme"}
+    if unknown:
+        raise bad(f"unknown keys {sorted(unknown)} (known: name, width_m, segments, theme)")
+    name = doc.get("name", p.stem)
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", name):
+        raise bad(f"name {name!r}: 1-32 of a-z, 0-9 and -")
+    width = doc.get("width_m", 0.8)
+    if isinstance(width, bool) or not isinstance(width, int | float) or not 0.2 <= width <= 3.0:
+        raise bad(f"width_m {width!r}: a number of metres in 0.2..3")
+    segments = _parse_segments(doc.get("segments"), bad)
+    _check_closed(segments, bad)
+    theme = _parse_theme(doc.get("theme", {}), bad)
+    pts = _turtle(segments)
+    return Layout(name, float(width), theme, lambda: pts)
+
+
+def _parse_segments(raw: Any, bad: Callable[[str], SimParamError]) -> list[Segment]:
+    if not isinstance(raw, list) or not 2 <= len(raw) <= 200:
+        raise bad("segments: a list of 2-200 [\"straight\", metres] or "
+                  "[\"arc\", radius_m, degrees] entries")
+    out: list[Segment] = []
+    for n, seg in enumerate(raw):
+        where = f"segments[{n}]"
+        if not isinstance(seg, list) or not seg or seg[0] not in ("straight", "arc"):
+            raise bad(f"{where}: {seg!r} is not [\"straight\", m] or [\"arc\", r, deg]")
+        nums = seg[1:]
+        if any(isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+               for v in nums):
+            raise bad(f"{where}: {seg!r} needs finite numbers")
+        if seg[0] == "straight":
+            if len(nums) != 1 or not 0.05 <= nums[0] <= 100:
+                raise bad(f"{where}: a straight is [\"straight\", metres 0.05..100]")
+            out.append(("S", float(nums[0])))
+        else:
+            if len(nums) != 2 or not 0.3 <= nums[0] <= 100 or not 0 < abs(nums[1]) <= 360:
+                raise bad(f"{where}: an arc is [\"arc\", radius 0.3..100 m, degrees "
+                          "-360..360 but not 0, + turns left]")
+            out.append(("A", float(nums[0]), float(nums[1])))
+    return out
+
+
+def _check_closed(segments: list[Segment], bad: Callable[[str], SimParamError]) -> None:
+    """The segments must come back to where they started, pointing the same way."""
+    x = y = h = 0.0
+    for seg in segments:
+        if len(seg) == 2:
+            x, y = x + seg[1] * math.cos(h), y + seg[1] * math.sin(h)
+        else:
+            radius, turn = seg[1], math.radians(seg[2])  # type: ignore[misc]
+            side = 1.0 if turn > 0 else -1.0
+            cx, cy = x - side * radius * math.sin(h), y + side * radius * math.cos(h)
+            h += turn
+            x, y = cx + side * radius * math.sin(h), cy - side * radius * math.cos(h)
+    gap = math.hypot(x, y)
+    turns = h / (2 * math.pi)
+    off = abs(turns - round(turns)) * 360
+    if gap > 0.05 or off > 1.0 or round(turns) not in (1, -1):
+        raise bad(f"the segments do not close a loop: they end {gap:.2f} m from the start, "
+                  f"having turned {math.degrees(h):.1f} degrees (a loop turns +-360 and ends "
+                  "where it began)")
+
+
+def _parse_theme(raw: Any, bad: Callable[[str], SimParamError]) -> Theme:
+    base = LAYOUTS["oval"].theme
+    if not isinstance(raw, dict):
+        raise bad("theme: a table")
+    unknown = set(raw) - {*_THEME_KEYS, "lighting", "texture"}
+    if unknown:
+        raise bad(f"theme: unknown keys {sorted(unknown)}")
+    colours: dict[str, Any] = {}
+    for key in _THEME_KEYS:
+        if key in raw:
+            if key == "dashes" and raw[key] == "":
+                colours[key] = None
+                continue
+            try:
+                colours[key] = parse_colour(raw[key] if isinstance(raw[key], str) else "",
+                                            f"theme.{key}")
+            except SimParamError as e:
+                raise bad(str(e)) from None
+    for key, lo, hi in (("lighting", 0.2, 3.0), ("texture", 0.0, 60.0)):
+        v = raw.get(key, getattr(base, key))
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+            raise bad(f"theme.{key} {v!r}: a number in {lo}..{hi}")
+        colours[key] = float(v)
+    return replace(base, **colours)
+
+
 def load_track(name: str, width_m: float = 0.0, road_colour: str = "", line_colour: str = "",
-               ground_colour: str = "", lighting: float = 1.0) -> Track:
-    """The named layout with `brain.config.SimProfile`-style overrides: width 0 = the layout's
-    own, colours '' = the theme's, `lighting` multiplies the theme's own lighting."""
-    if name not in LAYOUTS:
+               ground_colour: str = "", lighting: float = 1.0, track_file: str = "") -> Track:
+    """The named layout (or the one in `track_file`, which wins) with `brain.config.SimProfile`
+    -style overrides: width 0 = the layout's own, colours '' = the theme's, `lighting`
+    multiplies the theme's own lighting."""
+    if not track_file and name not in LAYOUTS:
         raise SimParamError("track", f"unknown track {name!r}; known: {', '.join(TRACK_NAMES)}")
     if not 0.0 < lighting <= 10.0:
         raise SimParamError("lighting", f"{lighting!r} is not a multiplier in (0, 10]")
-    layout = LAYOUTS[name]
+    layout = load_track_file(track_file) if track_file else LAYOUTS[name]
     theme = layout.theme
     colours: dict[str, RGB] = {}
     for key, text in (("road", road_colour), ("line", line_colour), ("ground", ground_colour)):
@@ -270,4 +394,9 @@ def load_track(name: str, width_m: float = 0.0, road_colour: str = "", line_colo
     if width_m < 0:
         raise SimParamError("road_width_m", f"{width_m!r} is negative")
     theme = replace(theme, lighting=theme.lighting * lighting, **colours)  # type: ignore[arg-type]
-    return Track(name, width_m or layout.width_m, theme, layout.points())
+    try:
+        return Track(layout.name, width_m or layout.width_m, theme, layout.points())
+    except SimParamError as e:
+        if track_file and not width_m:  # the file's own width: say so, naming the file
+            raise SimParamError("track_file", f"{track_file}: width_m: {e.message}") from None
+        raise

@@ -8,6 +8,7 @@ makes behaviour-cloning data with recovery examples.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -66,11 +67,13 @@ class SimWorld:
     def __init__(self, track: str = "oval", *, road_width_m: float = 0.0, road_colour: str = "",
                  line_colour: str = "", ground_colour: str = "", lighting: float = 1.0,
                  max_speed_mps: float = 2.0, seed: int = 0,
-                 start_noise: bool = True) -> None:
+                 start_noise: bool = True, track_file: str = "") -> None:
         if not max_speed_mps > 0:
             raise SimParamError("max_speed_mps", f"{max_speed_mps!r} must be positive")
         self.track: Track = load_track(track, road_width_m, road_colour, line_colour,
-                                       ground_colour, lighting)
+                                       ground_colour, lighting, track_file)
+        # Absolute in episode metadata, so a trainer started elsewhere evaluates the same file.
+        self.track_file = os.path.abspath(track_file) if track_file else ""
         self.overrides = {"road_colour": road_colour, "line_colour": line_colour,
                           "ground_colour": ground_colour, "lighting": lighting}
         self.car = Car(CarParams(max_speed_mps=max_speed_mps))
@@ -87,7 +90,8 @@ class SimWorld:
         return cls(profile.track, road_width_m=profile.road_width_m,
                    road_colour=profile.road_colour, line_colour=profile.line_colour,
                    ground_colour=profile.ground_colour, lighting=profile.lighting,
-                   max_speed_mps=profile.max_speed_mps, seed=profile.seed, **kwargs)
+                   max_speed_mps=profile.max_speed_mps, seed=profile.seed,
+                   track_file=profile.track_file, **kwargs)
 
     # -- episode ---------------------------------------------------------------------------------
 
@@ -158,7 +162,8 @@ class SimWorld:
         """The simulator parameters, for episode metadata."""
         th = self.track.theme
         hexc = "#{:02x}{:02x}{:02x}".format
-        return {"track": self.track.name, "road_width_m": self.track.width,
+        return {"track": self.track.name, "track_file": self.track_file,
+                "road_width_m": self.track.width,
                 "road_colour": hexc(*th.road), "line_colour": hexc(*th.line),
                 "ground_colour": hexc(*th.ground), "centre_dashes": th.dashes is not None,
                 "lighting": th.lighting, "lighting_multiplier": self.overrides["lighting"],

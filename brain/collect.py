@@ -41,10 +41,14 @@ def register(subparsers: Any, make_client: Callable[[], Any]) -> None:
     p.add_argument("--lockstep", action="store_true",
                    help="simulated time: as fast as the simulator renders, every frame "
                         "recorded (control.lockstep); --seconds are simulated seconds")
+    p.add_argument("--daemon", action="store_true",
+                   help="record through the running daemon instead of a rig of its own: MANUAL "
+                        "mode, the teacher teleoperating (sim.teach), its recorder (real time)")
     p.add_argument("--operator", default="teacher", help="operator stamped on the episodes")
     p.add_argument("--instruction", default="follow the track",
                    help="language_instruction stamped on every step")
-    p.set_defaults(func=cmd_collect)
+    p.set_defaults(func=lambda a: cmd_collect_daemon(a, make_client()) if a.daemon
+                   else cmd_collect(a))
 
 
 def teacher_rig(cfg: Config, operator: str) -> Rig:
@@ -63,6 +67,36 @@ def teacher_rig(cfg: Config, operator: str) -> Rig:
 
     rig.loop.pre_tick.append(teleoperate)
     return rig
+
+
+def cmd_collect_daemon(args: argparse.Namespace, client: Any) -> int:
+    """Demonstrations recorded by the running daemon, as a person would teleoperate it: the
+    teacher drives through the command surface (sim.teach) while its recorder records."""
+    from brain.control_socket import ControlError
+
+    if args.track or args.track_file or args.lockstep:
+        print("brain collect --daemon: the daemon drives its own track in real time; "
+              "--track, --track-file and --lockstep do not apply", file=sys.stderr)
+        return 2
+    if not 1 <= args.episodes <= 10_000 or not 1.0 <= args.seconds <= 3600:
+        print("brain collect: --episodes must be 1..10000 and --seconds 1..3600",
+              file=sys.stderr)
+        return 2
+    try:
+        client.call("mode", mode="manual")
+        for i in range(args.episodes):
+            eid = client.call("episodes.start", operator=args.operator,
+                              language_instruction=args.instruction)["id"]
+            client.call("sim.teach", seconds=args.seconds)
+            time.sleep(args.seconds)
+            summary = client.call("episodes.stop")
+            print(f"episode {i + 1}/{args.episodes} {eid}: {summary.get('steps', 0)} steps, "
+                  f"{summary.get('frames', 0)} frames, {summary.get('status')}", flush=True)
+        client.call("mode", mode="idle")
+    except ControlError as e:
+        print(f"brain collect: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_collect(args: argparse.Namespace) -> int:

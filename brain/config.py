@@ -168,6 +168,30 @@ class TrainConfig:
                               "zones (class/thermal/thermal_zone*/temp); a directory tree of "
                               "your own in tests and containers.")
     procfs_root: str = setting("/proc", "Where the resource monitor reads meminfo.")
+    job_config: str = setting("", "Training configuration (JSON, docs/training.md) of the jobs "
+                              "the trigger queues; empty = the built-in defaults, which are "
+                              "etc/train/pi5-donkey.json's.")
+    lease_ttl_s: float = setting(30.0, "A trainer worker's lease on the one training slot "
+                                 "lapses this long after its last heartbeat (1 s); another "
+                                 "worker then resumes its job from the last checkpoint.",
+                                 min=2.0, max=3600.0)
+    trigger_episodes: int = setting(16, "Continuous learning: queue a job once this many new "
+                                    "valid episodes have arrived.", min=1, max=100000)
+    trigger_min_interval_s: float = setting(600.0, "…and at least this long after the last "
+                                            "job the trigger queued (s).", min=0.0,
+                                            max=604800.0)
+    trigger_poll_s: float = setting(10.0, "How often the worker looks for new episodes (s).",
+                                    min=0.5, max=3600.0)
+    job_memory_mb: int = setting(700, "Peak memory a job needs (bench/train.py measures ~550 "
+                                 "MB); a job waits until this plus the headroom is available.",
+                                 min=64, max=1_000_000)
+    memory_headroom_mb: int = setting(256, "Memory always left to the daemon when a job starts.",
+                                      min=0, max=1_000_000)
+    local_max_minutes: float = setting(30.0, "A triggered job estimated to take longer here "
+                                       "goes to the cloud (exported) instead.", min=0.1,
+                                       max=10080.0)
+    local_max_data_mb: int = setting(4096, "…as does one with more episode data than this "
+                                     "(MB).", min=1, max=10_000_000)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 from typing import Any
@@ -43,6 +44,7 @@ class Daemon:
         self.control: ControlServer | None = None
         self.api: Any = None  # brain.api.server.ApiServer when the API is enabled
         self.notifier = Notifier()
+        self.trainer: subprocess.Popen[bytes] | None = None
 
     def _handle_signal(self, signum: int, _frame: Any) -> None:
         self.stop_reason = signal.Signals(signum).name
@@ -127,6 +129,7 @@ class Daemon:
         # once, and mDNS announcement takes a couple of seconds.
         if cfg.api.enabled and not self._start_api(service):
             return 1
+        self._start_trainer()
         log.info("brain %s up: profile %s, %g Hz, control socket %s", __version__, cfg.profile,
                  cfg.drive_hz, cfg.socket_path)
         while not self.stop_event.wait(0.5):
@@ -148,9 +151,36 @@ class Daemon:
             return False
         return True
 
+    def _start_trainer(self) -> None:
+        """Continuous learning outside systemd (`make run`): the trainer worker as a child
+        process at nice 19 that dies with the daemon. Under systemd, brain-trainer.service
+        runs it instead (the daemon then starts nothing)."""
+        if not self.cfg.train.enable_background or os.environ.get("NOTIFY_SOCKET"):
+            return
+        from brain.train.worker import PARENT_ENV
+
+        cmd = [sys.executable, "-m", "brain"]
+        if self.cfg.source not in ("built-in defaults", ""):
+            cmd += ["--config", self.cfg.source]
+        env = {**os.environ, PARENT_ENV: str(os.getpid())}
+        self.trainer = subprocess.Popen([*cmd, "trainer", "serve"], env=env, close_fds=True)
+        log.info("background trainer worker started (pid %d)", self.trainer.pid)
+
+    def _stop_trainer(self) -> None:
+        proc, self.trainer = self.trainer, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()  # it checkpoints its job and requeues it
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
     def _shutdown(self) -> None:
         self.notifier.send("STOPPING=1")
         self.notifier.stop()
+        self._stop_trainer()
         if self.api is not None:
             try:
                 self.api.stop()  # first: no new commands while the rest shuts down

@@ -51,6 +51,7 @@ from brain.rlds.store import (
     delete_episode,
     list_episodes,
 )
+from brain.train.jobs import PRIORITIES, STATUSES
 
 if TYPE_CHECKING:
     from brain.api.pairing import Pairing
@@ -129,6 +130,46 @@ class OtaInstallArgs(Args):
                                     "only) a path on the robot")
 
 
+JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+TrainPriority = Literal[tuple(PRIORITIES)]  # type: ignore[valid-type]
+JobStatus = Literal[STATUSES]  # type: ignore[valid-type]
+
+
+class TrainingStartArgs(Args):
+    config: dict[str, Any] = Field(default_factory=dict,
+                                   description="training configuration (docs/training.md); "
+                                               "empty = the built-in defaults")
+    priority: TrainPriority = "normal"  # type: ignore[valid-type]
+    episodes: list[EpisodeId] = Field(default_factory=list, max_length=10_000,
+                                      description="episodes to train on; empty = all")
+
+
+class TrainingListArgs(Args):
+    status: JobStatus | None = None  # type: ignore[valid-type]
+    # Not strict: over HTTP these come in the query string, as text.
+    limit: int = Field(default=20, ge=1, le=1000)
+
+
+class JobArgs(Args):
+    id: JobId
+
+
+class TrainingMetricsArgs(Args):
+    id: JobId
+    every: int = Field(default=1, ge=1, le=100_000,
+                       description="every N-th logged step")
+
+
+class TrainingLogsArgs(Args):
+    id: JobId
+    after: int = Field(default=0, ge=0, description="log lines after this seq")
+
+
+class TeachArgs(Args):
+    seconds: float = Field(strict=True, gt=0, le=3600, allow_inf_nan=False,
+                           description="how long the teacher drives")
+
+
 class StallArgs(Args):
     seconds: float = Field(strict=True, gt=0, le=600, allow_inf_nan=False)
 
@@ -149,6 +190,7 @@ class RobotService:
         self.commands = CommandTable(self)
         rig.model.on_change(self.changed)
         psutil.cpu_percent(None)  # prime: the next call reports usage since now
+        self._teach_until = 0.0  # sim.teach: the teacher drives until then (monotonic)
 
     # -- change notification (mDNS TXT, STATUS=) ------------------------------------------------
     def on_change(self, callback: Callable[[], None]) -> None:
@@ -255,6 +297,27 @@ class RobotService:
         if not self.rig.modes.teleop(steering, throttle, client, time.monotonic()):
             raise Refused(f"not in manual mode (mode is {self.rig.modes.mode.value}); "
                           "switch to manual first")
+
+    @command("sim.teach", args=TeachArgs, http=("POST", "/sim/teach"))
+    def sim_teach(self, args: TeachArgs, caller: Caller) -> dict[str, Any]:
+        """Simulator only, in MANUAL: the scripted teacher teleoperates for `seconds` (its
+        commands enter like a human's, deadman and all), e.g. to record demonstrations."""
+        if not hasattr(self.rig.robot.inner, "teacher_action"):
+            raise Refused(f"the teacher exists only in the simulated car, not on this body "
+                          f"({self.cfg.profile})")
+        if self.rig.modes.mode.value != "manual":
+            raise Refused(f"not in manual mode (mode is {self.rig.modes.mode.value}); switch "
+                          "to manual first")
+        if self._teach_hook not in self.rig.loop.pre_tick:
+            self.rig.loop.pre_tick.append(self._teach_hook)
+        self._teach_until = time.monotonic() + args.seconds
+        return {"teaching_s": args.seconds}
+
+    def _teach_hook(self, obs: Any) -> None:
+        """Loop thread, before each tick while teaching: the teacher's command as teleop."""
+        if time.monotonic() <= self._teach_until:
+            a = self.rig.robot.teacher_action()
+            self.rig.modes.teleop(a.steering, a.throttle, "teacher", obs.t)
 
     def teleop_release(self, client: str) -> None:
         """The teleop link of `client` closed or went silent: neutral now."""
@@ -509,6 +572,130 @@ class RobotService:
     def ota_gc(self, args: Args, caller: Caller) -> dict[str, Any]:
         """Remove stored bundles nothing refers to (never the factory bundle)."""
         return self._ota().gc()
+
+    # -- training jobs (the worker trains; this reads its store and queues requests) ----------
+    @command("training.start", args=TrainingStartArgs, http=("POST", "/training"))
+    def training_start(self, args: TrainingStartArgs, caller: Caller) -> dict[str, Any]:
+        """Queue a training job; its id at once (the trainer worker runs it)."""
+        from pydantic import ValidationError
+
+        from brain.train import jobs
+        from brain.train.settings import TrainSettings
+
+        try:
+            settings = TrainSettings.model_validate(args.config)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err.get("loc", ())) or "config"
+            raise Invalid(f"config.{where}: {err.get('msg')}") from None
+        return jobs.start(self.cfg.layout.train, settings.model_dump(mode="json"),
+                          args.priority, list(args.episodes),
+                          "api" if caller.remote else "socket")
+
+    @command("training.list", args=TrainingListArgs, http=("GET", "/training"))
+    def training_list(self, args: TrainingListArgs, caller: Caller) -> dict[str, Any]:
+        """Training jobs, newest first, and whether a worker is alive."""
+        from brain.train.jobs import JobStore, worker_note
+
+        store = JobStore.reader(self.cfg.layout.train)
+        try:
+            rows = store.jobs(args.status, args.limit) if store is not None else []
+            note = worker_note(store)
+        finally:
+            if store is not None:
+                store.close()
+        return {"jobs": rows, "worker": note is None, "note": note,
+                "promotion": self.cfg.ota.allow_local_promotion}
+
+    @command("training.get", args=JobArgs, http=("GET", "/training/{id}"))
+    def training_get(self, args: JobArgs, caller: Caller) -> dict[str, Any]:
+        """One job: status, progress, newest metric, checkpoints, the gate's verdict."""
+        from brain.train import jobs
+
+        try:
+            return jobs.describe(self.cfg.layout.train, args.id)
+        except jobs.NoSuchJob as e:
+            raise NotFound(str(e)) from None
+
+    @command("training.metrics", args=TrainingMetricsArgs, http=("GET", "/training/{id}/metrics"))
+    def training_metrics(self, args: TrainingMetricsArgs, caller: Caller) -> dict[str, Any]:
+        """A job's loss, validation loss, learning rate and steps/s per logged step."""
+        from brain.train.jobs import JobStore, NoSuchJob
+
+        store = JobStore.reader(self.cfg.layout.train)
+        if store is None:
+            raise NotFound(f"no job {args.id}")
+        try:
+            store.job(args.id)
+            return {"id": args.id, "metrics": store.metrics(args.id, args.every)}
+        except NoSuchJob as e:
+            raise NotFound(str(e)) from None
+        finally:
+            store.close()
+
+    @command("training.logs", args=TrainingLogsArgs, http=("GET", "/training/{id}/logs"))
+    def training_logs(self, args: TrainingLogsArgs, caller: Caller) -> dict[str, Any]:
+        """A job's log lines after `after`."""
+        from brain.train.jobs import JobStore, NoSuchJob
+
+        store = JobStore.reader(self.cfg.layout.train)
+        if store is None:
+            raise NotFound(f"no job {args.id}")
+        try:
+            store.job(args.id)
+            return {"id": args.id, "logs": store.logs(args.id, args.after)}
+        except NoSuchJob as e:
+            raise NotFound(str(e)) from None
+        finally:
+            store.close()
+
+    @command("training.stop", args=JobArgs, http=("POST", "/training/{id}/stop"))
+    def training_stop(self, args: JobArgs, caller: Caller) -> dict[str, Any]:
+        """Stop a job: a running one checkpoints first, then it is cancelled."""
+        return self._training_request("stop", args.id)
+
+    @command("training.resume", args=JobArgs, http=("POST", "/training/{id}/resume"))
+    def training_resume(self, args: JobArgs, caller: Caller) -> dict[str, Any]:
+        """Queue a cancelled, failed or waiting job again, from its last checkpoint."""
+        return self._training_request("resume", args.id)
+
+    def _training_request(self, op: str, job_id: str) -> dict[str, Any]:
+        from brain.train import jobs
+
+        try:
+            return jobs.request(self.cfg.layout.train, op, job_id)
+        except jobs.NoSuchJob as e:
+            raise NotFound(str(e)) from None
+        except jobs.JobError as e:
+            raise Refused(str(e)) from None
+
+    @command("training.promote", args=JobArgs, http=("POST", "/training/{id}/promote"),
+             blocking=True)
+    def training_promote(self, args: JobArgs, caller: Caller) -> dict[str, Any]:
+        """Install a job's candidate, which passed the gate, through OTA (trial, then commit);
+        only with ota.allow_local_promotion."""
+        from brain.ota.bundle import BundleError
+        from brain.ota.manager import OtaError
+        from brain.train import jobs
+
+        if not self.cfg.ota.allow_local_promotion:
+            raise Forbidden("local promotion is off (ota.allow_local_promotion)")
+        try:
+            job = jobs.describe(self.cfg.layout.train, args.id)
+        except jobs.NoSuchJob as e:
+            raise NotFound(str(e)) from None
+        gate = job.get("gate") or {}
+        if job["status"] != "completed" or not gate.get("passed") or not job.get("bundle"):
+            raise Refused(f"job {args.id} has no candidate that passed the gate "
+                          f"({job['status']}: {job.get('reason') or 'no verdict'})")
+        try:
+            return self._ota().install(Path(job["bundle"]))
+        except BundleError as e:
+            raise Rejected(str(e), reason=e.reason) from None
+        except OtaError as e:
+            raise Refused(str(e)) from None
+        except OSError as e:
+            raise Refused(f"cannot read the bundle: {e.strerror or e}") from None
 
     # -- pairing (local admin only: the socket's file permissions are the authentication) ----
     def _pairing(self) -> Pairing:

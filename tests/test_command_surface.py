@@ -59,6 +59,16 @@ SCRIPT: list[tuple[str, dict[str, Any]]] = [
     ("ota.rollback", {}),  # refused: nothing committed before
     ("ota.commit", {}),  # refused: no trial
     ("ota.gc", {}),
+    ("training.list", {}),
+    ("training.start", {"config": {"max_steps": 0}}),  # invalid: out of range
+    ("training.start", {"priority": "urgent"}),  # invalid: not a priority
+    ("training.get", {"id": "nope"}),  # not found
+    ("training.metrics", {"id": "nope"}),  # not found
+    ("training.logs", {"id": "nope"}),  # not found
+    ("training.stop", {"id": "nope"}),  # not found
+    ("training.resume", {"id": "nope"}),  # not found
+    ("training.promote", {"id": "nope"}),  # forbidden: local promotion is off
+    ("sim.teach", {"seconds": 1.0}),  # refused: not in manual mode
 ]
 # Where the transports rightly differ: a path on the robot is for local callers only.
 EXPECTED_DIFFERENCES = {("ota.install", "/etc/hostname"): ("rejected", "invalid")}

@@ -15,6 +15,8 @@ import json
 import os
 import shutil
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -217,3 +219,116 @@ def test_page_follows_ota_and_rolls_back(tmp_path: Path) -> None:
                 assert d.status()["model"] == "factory-seed-v1"
             finally:
                 browser.close()
+
+
+@pytest.mark.timeout(900)
+def test_background_training_from_teleop_to_the_page(tmp_path: Path) -> None:
+    """The field plan's switch on the simulator: 16 episodes recorded by teleop (the teacher
+    driving through the daemon's command surface) queue a job by themselves; the worker (the
+    daemon's child here, as under `make run`) trains it; the page follows the loss live over SSE
+    and shows the gate's verdict; its Promote button installs the candidate through OTA."""
+    job_config = tmp_path / "job.json"
+    job_config.write_text(json.dumps({"gate": {"eval_seconds": 10}}))
+    env = {"CONTINUON_ENABLE_BACKGROUND_TRAINER": "1", "BRAIN_TRAIN_TRIGGER_POLL_S": "1",
+           "BRAIN_TRAIN_TRIGGER_MIN_INTERVAL_S": "0", "BRAIN_TRAIN_JOB_CONFIG": str(job_config),
+           "BRAIN_OTA_ALLOW_LOCAL_PROMOTION": "1", "BRAIN_OTA_PROBATION_S": "1",
+           "BRAIN_OTA_TRUSTED_KEYS_DIR": str(tmp_path / "no-publisher-keys")}
+    for d, url in start_daemon(tmp_path, env):
+        _background_training(d, url)
+
+
+def _background_training(d: DaemonProcess, url: str) -> None:
+    r = d.cli("collect", "--teacher", "--daemon", "--episodes", "16", "--seconds", "4",
+              timeout=300)
+    assert r.stdout.count(", complete") == 16, r.stdout
+    jobs = wait_until(lambda: json.loads(d.cli("train", "list", "--json").stdout),
+                      lambda js: bool(js) and js[0]["status"] != "submitted", timeout=60,
+                      interval=0.5, what="the triggered job")
+    assert len(jobs) == 1 and jobs[0]["status"] in ("queued", "running")
+    job_id = jobs[0]["id"]
+    assert json.loads(d.cli("train", "status", job_id, "--json").stdout)["origin"] == \
+        "trigger"
+    # A native SSE client follows the job from now on, on its own thread.
+    token = _pair_token(d, url)
+    streamed: list[tuple[float, dict[str, str]]] = []
+    reader = threading.Thread(target=_sse_events, daemon=True, args=(
+        url, f"/api/v1/training/{job_id}/events", token, streamed))
+    reader.start()
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 1400})
+            page.set_default_timeout(20_000)
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            pair_page(page, d, url)
+            try:
+                page.wait_for_selector(f"#train-job:text-is('{job_id}')")
+            except Exception:
+                raise AssertionError(f"the page did not follow {job_id}: {errors}") from None
+            page.wait_for_selector("#train-chart canvas")  # uPlot drew its chart
+            first = int(wait_for_js(page, "document.querySelector('#train-chart')"
+                                    ".dataset.points", "the first metric points") or 0)
+            live = wait_until(lambda: page.evaluate(
+                "[Number(document.querySelector('#train-chart').dataset.points), "
+                "document.querySelector('#train-status').dataset.value]"),
+                lambda v: v[0] > first and v[1] == "running", timeout=60, interval=0.2,
+                what="more points while the job runs")
+            assert live[0] > first, "the chart grows live"
+            page.wait_for_selector("#train-verdict:not([hidden])", timeout=240_000)
+            points = page.evaluate("Number(document.querySelector('#train-chart')"
+                                   ".dataset.points)")
+            assert points == 30  # 300 steps, one point every 10
+            job = json.loads(d.cli("train", "status", job_id, "--json").stdout)
+            assert job["status"] == "completed" and job["gate"]["passed"], job["reason"]
+            losses = [m["loss"] for m in json.loads(
+                d.cli("train", "metrics", job_id, "--json").stdout)]
+            assert losses[-1] < losses[0] / 3, losses
+            assert page.get_attribute("#train-verdict", "data-passed") == "true"
+            assert "gate passed" in page.inner_text("#train-verdict")
+            st = d.status()
+            print(f"\nloop while training: p99 {st['lateness_ms']['p99']:.3f} ms, "
+                  f"max {st['lateness_ms']['max']:.3f} ms, missed {st['missed_ticks']}")
+            # The native client: every metric, live (most before the result), then the result.
+            reader.join(timeout=30)
+            kinds = [e["event"] for _, e in streamed]
+            assert kinds.count("metric") == 30 and kinds[-1] == "result", kinds
+            assert json.loads(streamed[-1][1]["data"])["gate"]["passed"] is True
+            done_at = streamed[-1][0]
+            live = [t for t, e in streamed if e["event"] == "metric" and t < done_at - 2.0]
+            assert len(live) >= 10, "metrics arrive while the job trains, not all at the end"
+            page.click("#train-promote")
+            page.wait_for_selector("#ota-phase[data-value=committed]", timeout=60_000)
+            assert d.status()["model"].startswith("local-")
+        finally:
+            browser.close()
+
+
+def _pair_token(d: DaemonProcess, url: str) -> str:
+    code = json.loads(d.cli("pair", "--json").stdout)["code"]
+    r = httpx.post(url + "/api/v1/pair", json={"code": code, "client_name": "sse-client"})
+    r.raise_for_status()
+    return str(r.json()["token"])
+
+
+def _sse_events(url: str, path: str, token: str,
+                events: list[tuple[float, dict[str, str]]]) -> None:
+    """Read a Server-Sent Events stream to its end into `events`: (arrival time, fields)."""
+    current: dict[str, str] = {}
+    with httpx.stream("GET", url + path, headers={"Authorization": f"Bearer {token}"},
+                      timeout=300) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith(
+            "text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith(":"):
+                continue  # a comment (keep-alive)
+            if not line:
+                if current:
+                    events.append((time.monotonic(), current))
+                current = {}
+                continue
+            field, _, value = line.partition(":")
+            current[field] = value.lstrip()
+    if current:
+        events.append((time.monotonic(), current))

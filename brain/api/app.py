@@ -15,7 +15,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import brain
-from brain.api import routes_core, routes_exports, routes_live
+from brain.api import routes_core, routes_exports, routes_live, routes_training
 from brain.api.auth import require_client
 from brain.api.context import ApiContext
 from brain.api.routes_commands import command_router
@@ -39,6 +39,7 @@ def create_app(ctx: ApiContext, extra_routers: Iterable[tuple[APIRouter, str]] =
     app.include_router(routes_core.router, prefix=API_PREFIX)
     app.include_router(routes_live.router, prefix=API_PREFIX)
     app.include_router(routes_exports.router, prefix=API_PREFIX)
+    app.include_router(routes_training.router, prefix=API_PREFIX)
     if ctx.service.ota is not None:
         app.include_router(upload_router(ctx.service.cfg.ota.max_bundle_bytes),
                            prefix=API_PREFIX)

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from pydantic import create_model
 
 from brain.api.auth import require_client
 from brain.commands import ERRORS, Caller, Command, CommandTable
@@ -49,7 +50,12 @@ def _endpoint(table: CommandTable, cmd: Command) -> Any:
                for n in path_names]
     if body_fields:
         optional = all(not f.is_required() for f in body_fields.values())
-        annotation: Any = Annotated[cmd.args, Query()] if method == "GET" else cmd.args
+        model: Any = cmd.args
+        if path_names and method == "GET":  # the query string holds all but the path's fields
+            fields: dict[str, Any] = {n: (f.annotation, f) for n, f in body_fields.items()}
+            model = create_model(f"{cmd.args.__name__}Query", __config__=cmd.args.model_config,
+                                 **fields)
+        annotation: Any = Annotated[model, Query()] if method == "GET" else cmd.args
         if optional and method != "GET":
             annotation = cmd.args | None
         params.append(inspect.Parameter("args", kw, annotation=annotation,

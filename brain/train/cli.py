@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -32,7 +33,8 @@ def register(subparsers: Any, make_client: Callable[[], Any]) -> None:
                     "(and promote through OTA when ota.allow_local_promotion is on).")
     _train_options(t)
     t.set_defaults(func=cmd_train)
-    tsub = t.add_subparsers(dest="train_cmd", metavar="{gate}")
+    tsub = t.add_subparsers(dest="train_cmd",
+                            metavar="{gate,start,status,list,stop,resume,logs,metrics}")
     g = tsub.add_parser("gate", help="run the promotion gate on the current candidate")
     g.add_argument("--config", dest="train_config", type=Path, metavar="FILE",
                    help="training configuration (its `gate` block)")
@@ -41,6 +43,14 @@ def register(subparsers: Any, make_client: Callable[[], Any]) -> None:
     g.add_argument("--no-promote", action="store_true", help="evaluate only")
     g.add_argument("--json", action="store_true", help="the report as JSON")
     g.set_defaults(func=cmd_gate)
+    from brain.train import jobs_cli
+
+    jobs_cli.register(tsub)
+    w = subparsers.add_parser("trainer", help="the background trainer worker")
+    wsub = w.add_subparsers(dest="trainer_cmd", required=True)
+    p = wsub.add_parser("serve", help="take queued training jobs one at a time (what "
+                                      "brain-trainer.service runs)")
+    p.set_defaults(func=cmd_serve)
 
     e = subparsers.add_parser("eval", help="drive a policy closed loop in the simulator",
                               description="Drive a policy in the simulator (lockstep, simulated "
@@ -70,6 +80,8 @@ def _train_options(t: argparse.ArgumentParser) -> None:
                    help="continue an unfinished run from its latest checkpoint "
                         "(default: the latest run)")
     t.add_argument("--episodes", nargs="+", metavar="ID", help="train on these episodes only")
+    t.add_argument("--run-id", metavar="ID", help="name of the run directory (default: the "
+                                                   "time and a random suffix)")
     t.add_argument("--track-file", action="append", default=[], metavar="FILE",
                    help="also evaluate the candidate on this track file as a target "
                         "(repeatable)")
@@ -171,9 +183,16 @@ def _settings(args: argparse.Namespace) -> Any:
     return load_settings(path)
 
 
-def _run_dir(cfg: Config, resume: str | None) -> tuple[Path, bool]:
+def _run_dir(cfg: Config, resume: str | None, run_id: str | None = None
+             ) -> tuple[Path, bool]:
     runs = cfg.layout.train / "runs"
     if resume is None:
+        if run_id is not None:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", run_id):
+                raise FileNotFoundError(f"run id {run_id!r}: 1-64 of A-Z a-z 0-9 . _ -")
+            if (runs / run_id / "run.json").exists():
+                raise FileNotFoundError(f"run {run_id} exists; --resume {run_id} continues it")
+            return runs / run_id, False
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         return runs / f"{stamp}-{os.urandom(2).hex()}", False
     if resume != "latest":
@@ -191,6 +210,39 @@ def _run_dir(cfg: Config, resume: str | None) -> tuple[Path, bool]:
     if not unfinished:
         raise FileNotFoundError(f"no unfinished run in {runs} to resume")
     return unfinished[-1], True
+
+
+def _die_with_worker() -> None:
+    """Started by a trainer worker (or a worker by the daemon): ask the kernel to kill this
+    process when its parent dies."""
+    from brain.train.worker import PARENT_ENV
+
+    parent = os.environ.get(PARENT_ENV, "")
+    if parent.isdigit():
+        from brain.procs import die_with_parent
+
+        die_with_parent(int(parent))
+
+
+def job_settings(cfg: Config) -> Any:
+    """The training settings of the jobs the trigger queues (train.job_config)."""
+    from brain.train.settings import load_settings
+
+    return load_settings(Path(cfg.train.job_config) if cfg.train.job_config else None)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from brain.procs import lower_priority
+    from brain.train.jobs import JobError
+    from brain.train.worker import serve
+
+    _die_with_worker()  # started by a daemon (`make run`): go with it
+    lower_priority(19)  # as brain-trainer.service's Nice=19, however it was started
+    try:
+        return serve(args.config)
+    except (JobError, OSError) as e:
+        print(f"brain trainer serve: {e}", file=sys.stderr)
+        return 2
 
 
 def daemon_mode_reader(cfg: Config) -> Callable[[], str | None]:
@@ -219,12 +271,13 @@ def make_monitor(cfg: Config, settings: Any) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     if getattr(args, "train_cmd", None) == "gate":
         return cmd_gate(args)
+    _die_with_worker()
     from brain.train.settings import SettingsError
 
     cfg = args.config
     try:
         settings = _settings(args)
-        run_root, resume = _run_dir(cfg, args.resume)
+        run_root, resume = _run_dir(cfg, args.resume, args.run_id)
     except (SettingsError, FileNotFoundError) as e:
         return _fail(str(e), 2)
     try:
@@ -261,7 +314,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0 if outcome.status == "interrupted" else 3
     progress({"event": "candidate", "path": str(candidate_dir), "step": outcome.step,
               "loss": outcome.history[-1]["loss"] if outcome.history else None})
-    if args.no_gate:
+    if args.no_gate or not settings.gate.enabled:
         if not args.json:
             print(f"candidate written to {candidate_dir} (gate skipped)")
         return 0
@@ -337,11 +390,9 @@ def _gate_and_promote(cfg: Config, settings: Any, candidate_dir: Path, base_dir:
                                on_progress=progress)
     except EvalError as e:
         return _fail(f"the gate could not run: {e}", 1)
-    if report["passed"] and not args.no_promote:
-        report["promotion"] = _promote(cfg, settings, candidate_dir, run_id, progress)
-        gate.write_report(candidate_dir, report)
-    elif report["passed"]:
-        report["promotion"] = {"status": "skipped", "detail": "--no-promote"}
+    if report["passed"]:
+        report["promotion"] = _promote(cfg, settings, candidate_dir, run_id, progress,
+                                       args.no_promote)
         gate.write_report(candidate_dir, report)
     if args.json:
         progress({"event": "report", **report})
@@ -353,10 +404,15 @@ def _gate_and_promote(cfg: Config, settings: Any, candidate_dir: Path, base_dir:
 
 
 def _promote(cfg: Config, settings: Any, candidate_dir: Path, run_id: str,
-             progress: Progress) -> dict[str, Any]:
+             progress: Progress, skip: bool) -> dict[str, Any]:
+    """Sign the candidate as a bundle (always, once it passed), then install it through the
+    daemon unless told not to or local promotion is off."""
     from brain.train import gate
 
     bundle, manifest = gate.build_local_bundle(cfg, settings, candidate_dir, run_id)
+    if skip:
+        return {"status": "skipped", "bundle": str(bundle), "bundle_id": manifest["bundle_id"],
+                "detail": f"--no-promote; the signed bundle is {bundle}"}
     if not cfg.ota.allow_local_promotion:
         return {"status": "disabled", "bundle": str(bundle),
                 "detail": f"ota.allow_local_promotion is off; the signed bundle is {bundle}"}

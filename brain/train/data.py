@@ -74,6 +74,12 @@ def decode_frame(jpeg: bytes | memoryview, width: int, height: int) -> np.ndarra
     return img
 
 
+def quality_of(settings: Any) -> Quality:
+    """The `quality` block of a TrainSettings as the judge takes it."""
+    q = settings.quality
+    return Quality(q.min_seconds, q.min_frames, q.min_mean_throttle, q.max_skew_ms)
+
+
 def place_of(meta: dict[str, Any]) -> str:
     sim = meta.get("simulator") or {}
     return str(sim.get("track") or meta.get("robot_profile") or "robot")
@@ -110,6 +116,22 @@ def judge(report: dict[str, Any], meta: dict[str, Any], actions: np.ndarray,
     return None
 
 
+def judge_episode(episodes_dir: Path, episode_id: str, quality: Quality
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """({"id", "used", "why", "frames"}, the episode's metadata): whether it is good to train
+    on, and if not why (also what the continuous-learning trigger counts)."""
+    try:
+        ep = load_episode(episodes_dir, episode_id)
+        report = validate_episode(episodes_dir, episode_id, ep)
+    except EpisodeError as e:
+        return {"id": episode_id, "used": False, "why": f"corrupt: {e}", "frames": 0}, {}
+    actions = _actions(ep) if not ep.log_error else np.zeros((0, 2), np.float32)
+    meta = ep.meta.get("metadata", {})
+    why = judge(report, meta, actions, quality)
+    return ({"id": episode_id, "used": why is None, "why": why or "ok",
+             "frames": len(actions)}, meta)
+
+
 def load_dataset(episodes_dir: Path, width: int, height: int, *,
                  episode_ids: list[str] | None = None, val_fraction: float = 0.15,
                  quality: Quality | None = None) -> Dataset:
@@ -120,26 +142,11 @@ def load_dataset(episodes_dir: Path, width: int, height: int, *,
     verdicts: list[dict[str, Any]] = []
     good: list[tuple[str, int, dict[str, Any]]] = []  # id, frames, metadata
     for eid in sorted(ids):
-        try:
-            ep = load_episode(episodes_dir, eid)
-            report = validate_episode(episodes_dir, eid, ep)
-        except EpisodeError as e:
-            verdicts.append({"id": eid, "used": False, "why": f"corrupt: {e}"})
-            continue
-        actions = _actions(ep) if not ep.log_error else np.zeros((0, 2), np.float32)
-        meta = ep.meta.get("metadata", {})
-        why = judge(report, meta, actions, quality)
-        verdicts.append({"id": eid, "used": why is None, "why": why or "ok",
-                         "frames": len(actions)})
-        if why is None:
-            good.append((eid, len(actions), meta))
-        del ep  # unmaps the log before the next one is read
-    n_val = 0
-    if len(good) >= 2 and val_fraction > 0:
-        n_val = max(1, round(len(good) * val_fraction))
-    # Every k-th episode for validation: spread over the recording, the same on every run.
-    val_idx = set(np.linspace(0, len(good) - 1, n_val).round().astype(int).tolist()) \
-        if n_val else set()
+        verdict, meta = judge_episode(episodes_dir, eid, quality)
+        verdicts.append(verdict)
+        if verdict["used"]:
+            good.append((eid, verdict["frames"], meta))
+    val_idx = validation_indices(len(good), val_fraction)
     train = [g for i, g in enumerate(good) if i not in val_idx]
     val = [g for i, g in enumerate(good) if i in val_idx]
     metas = [m for _, _, m in good]
@@ -151,6 +158,15 @@ def load_dataset(episodes_dir: Path, width: int, height: int, *,
         places=sorted({place_of(m) for m in metas}), simulator=sim,
         place_sources={place_of(m): src for m in metas
                        if (src := place_source(m)) is not None})
+
+
+def validation_indices(episodes: int, val_fraction: float) -> set[int]:
+    """Which of `episodes` (in sorted order) validate: every k-th, spread over the recording
+    and the same on every run (shared with the cloud companion's trainer)."""
+    if episodes < 2 or val_fraction <= 0:
+        return set()
+    n_val = max(1, round(episodes * val_fraction))
+    return set(np.linspace(0, episodes - 1, n_val).round().astype(int).tolist())
 
 
 def _new_frames(ep: Any) -> np.ndarray:

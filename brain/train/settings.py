@@ -39,6 +39,7 @@ class Quality(_Strict):
 
 
 class Gate(_Strict):
+    enabled: bool = Field(default=True, description="run the gate after training")
     eval_seconds: float = Field(default=40.0, ge=1, le=3600, allow_inf_nan=False)
     target_max_mean_cte: float = Field(default=0.03, gt=0, le=1, allow_inf_nan=False)
     keep_max_ratio: float = Field(default=1.25, ge=1, le=100, allow_inf_nan=False,

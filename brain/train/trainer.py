@@ -36,7 +36,7 @@ import torch
 from brain.durable import atomic_write_bytes, atomic_write_json, fsync_dir
 from brain.procs import lower_priority
 from brain.train import replay as replay_set
-from brain.train.data import Dataset, Samples, load_dataset
+from brain.train.data import Dataset, Samples, load_dataset, quality_of
 from brain.train.model import ARCH, PolicyNet
 from brain.train.resources import Level, ResourceMonitor
 from brain.train.settings import TrainSettings
@@ -145,7 +145,7 @@ class Trainer:
         t0 = time.monotonic()
         data = load_dataset(self.episodes_dir, spec.input_width, spec.input_height,
                             episode_ids=ids, val_fraction=self.s.val_fraction,
-                            quality=_quality(self.s))
+                            quality=quality_of(self.s))
         self.validation = data.val
         self.on_progress({"event": "data", "episodes": len(data.episodes),
                           "used": sum(e["used"] for e in data.episodes),
@@ -183,12 +183,12 @@ class Trainer:
             r=s.lora.rank, lora_alpha=s.lora.alpha, lora_dropout=s.lora.dropout,
             target_modules=list(s.lora.target_modules)))
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=s.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _CosineDecay(s.max_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, CosineDecay(s.max_steps))
         order_rng, replay_rng = np.random.default_rng(s.seed), np.random.default_rng(s.seed + 1)
         random.seed(s.seed)
         rehearsal = _load_replay(self.base_dir)
         n = len(data.train)
-        order, pos, passes = _new_order(s.shuffle, n, order_rng, None), 0, 0
+        order, pos, passes = new_order(s.shuffle, n, order_rng, None), 0, 0
         step, history, losses = 0, [], []
         latest = self.run.latest_checkpoint() if resume else None
         if latest is not None:
@@ -216,7 +216,7 @@ class Trainer:
         k_new = s.batch - k_replay
         if k_new < 1:
             raise TrainError(f"replay.per_batch {k_replay} leaves no room in batch {s.batch}")
-        val = _val_tensors(data.val)
+        val = val_tensors(data.val)
         model.train()
         x = y = None
         t_start, step0, last_check = time.monotonic(), step, 0.0
@@ -235,7 +235,7 @@ class Trainer:
                     return self._finish(record, "stopped", step, history, verdict)
             if pos + k_new > n:
                 passes += 1
-                order, pos = _new_order(s.shuffle, n, order_rng, order), 0
+                order, pos = new_order(s.shuffle, n, order_rng, order), 0
             idx = torch.from_numpy(order[pos:pos + k_new])
             pos += k_new
             x, y = images[idx], actions[idx]
@@ -261,7 +261,7 @@ class Trainer:
                          "steps_per_s": round(rate, 3),
                          "eta_s": round((s.max_steps - step) / rate, 1) if rate else None}
                 if step % s.checkpoint_every == 0 or step == s.max_steps:
-                    event["val_loss"] = _val_loss(model, val, weights)
+                    event["val_loss"] = val_loss(model, val, weights)
                     model.train()
                 history.append(event)
                 losses.clear()
@@ -444,7 +444,7 @@ def _export(model: Any, path: Path, dummy: torch.Tensor) -> None:
                           external_data=False, verbose=False)
 
 
-class _CosineDecay:
+class CosineDecay:
     """Learning-rate factor: cosine from 1 to 0.1 over the run (a class: it pickles)."""
 
     def __init__(self, steps: int) -> None:
@@ -454,8 +454,8 @@ class _CosineDecay:
         return 0.1 + 0.45 * (1 + math.cos(math.pi * min(step, self.steps) / self.steps))
 
 
-def _new_order(shuffle: int, n: int, rng: np.random.Generator,
-               previous: np.ndarray | None) -> np.ndarray:
+def new_order(shuffle: int, n: int, rng: np.random.Generator,
+              previous: np.ndarray | None) -> np.ndarray:
     if shuffle == 0:
         return np.arange(n)
     if shuffle == 1 and previous is not None:
@@ -490,21 +490,14 @@ def _load_replay(model_dir: Path) -> Samples | None:
     return replay_set.load(model_dir / str(name))
 
 
-def _quality(s: TrainSettings) -> Any:
-    from brain.train.data import Quality
-
-    q = s.quality
-    return Quality(q.min_seconds, q.min_frames, q.min_mean_throttle, q.max_skew_ms)
-
-
-def _val_tensors(val: Samples) -> tuple[torch.Tensor, torch.Tensor] | None:
+def val_tensors(val: Samples) -> tuple[torch.Tensor, torch.Tensor] | None:
     if not len(val):
         return None
     return (torch.from_numpy(val.images).permute(0, 3, 1, 2),
             torch.from_numpy(val.actions))
 
 
-def _val_loss(model: Any, val: tuple[torch.Tensor, torch.Tensor] | None,
+def val_loss(model: Any, val: tuple[torch.Tensor, torch.Tensor] | None,
               weights: torch.Tensor) -> float | None:
     if val is None:
         return None
@@ -521,6 +514,6 @@ def val_loss_of(model_dir: Path, val: Samples, loss_weights: tuple[float, float]
     """The validation loss of a model directory's weights (the gate compares the active one)."""
     net = PolicyNet()
     net.load_state_dict(_load_weights(model_dir))
-    return _val_loss(net, _val_tensors(val), torch.tensor(loss_weights, dtype=torch.float32))
+    return val_loss(net, val_tensors(val), torch.tensor(loss_weights, dtype=torch.float32))
 
 

@@ -42,6 +42,7 @@ $("pair-form").addEventListener("submit", async (ev) => {
 async function showDrive() {
   $("pair-screen").hidden = true; $("drive-screen").hidden = false;
   await startLive();
+  refreshTraining();
 }
 
 async function startLive() {
@@ -66,6 +67,8 @@ async function reconnect() { if (!$("drive-screen").hidden) { try { await startL
 
 function stopLive() {
   clearInterval(state.timer);
+  clearInterval(training.timer); training.timer = null;
+  if (training.es) { training.es.close(); training.es = null; } training.id = null;
   if (state.es) state.es.close();
   const ws = state.ws; state.ws = null; if (ws) ws.close();
   $("camera").removeAttribute("src");
@@ -113,6 +116,103 @@ $("ota-rollback").addEventListener("click", async () => {
   try { const r = await api("/ota/rollback", { method: "POST", body: "{}" });
     showOta({ phase: r.phase, active: r.active?.bundle_id, candidate: r.candidate?.bundle_id,
       last_error: r.last_error }); }
+  catch (e) { $("drive-error").textContent = e.message; }
+});
+
+// --- training: the newest job, followed live over SSE; a uPlot chart of its loss -----------
+// GET /training gives the newest job (and whether local promotion is on); its
+// /training/{id}/events stream sends status, metric, checkpoint, log and finally result.
+const training = { id: null, es: null, chart: null, steps: [], loss: [], val: [],
+  promotion: false, timer: null };
+
+function trainingChart() {
+  const box = $("train-chart");
+  if (training.chart) { training.chart.destroy(); training.chart = null; }
+  box.replaceChildren();
+  if (typeof uPlot === "undefined") return; // the vendored chart failed to load: text only
+  const width = Math.max(240, Math.min(860, box.clientWidth || 600));
+  training.chart = new uPlot({ width, height: 180, scales: { x: { time: false } },
+    axes: [{ stroke: "#aaa", grid: { stroke: "#333" }, label: "step" },
+           { stroke: "#aaa", grid: { stroke: "#333" }, size: 60 }],
+    series: [{ label: "step" }, { label: "loss", stroke: "#5af", width: 2 },
+             { label: "val loss", stroke: "#fa5", width: 2, points: { show: true } }] },
+    [[], [], []], box);
+}
+
+function followJob(id) {
+  if (training.es) training.es.close();
+  training.id = id; training.steps = []; training.loss = []; training.val = [];
+  $("train-job").textContent = id; $("train-verdict").hidden = true;
+  $("train-promote").hidden = true; trainingChart();
+  api("/ticket", { method: "POST" }).then(({ ticket }) => {
+    if (training.id !== id) return;
+    const es = new EventSource(API + "/training/" + encodeURIComponent(id) + "/events?ticket="
+      + encodeURIComponent(ticket));
+    training.es = es;
+    es.addEventListener("status", (ev) => showTrainStatus(JSON.parse(ev.data)));
+    es.addEventListener("metric", (ev) => addMetric(JSON.parse(ev.data)));
+    es.addEventListener("log", (ev) => { $("train-note").textContent = JSON.parse(ev.data).message; });
+    es.addEventListener("result", (ev) => { showResult(JSON.parse(ev.data)); es.close(); });
+    es.onerror = () => { if (es.readyState === EventSource.CLOSED && training.es === es) training.es = null; };
+  }).catch((e) => { $("train-note").textContent = e.message; });
+}
+
+function showTrainStatus(s) {
+  const st = $("train-status"); st.textContent = s.status; st.dataset.value = s.status;
+  $("train-progress").textContent = s.max_steps ? `step ${s.step}/${s.max_steps}` : "";
+  if (s.reason) $("train-note").textContent = s.reason;
+  const active = ["submitted", "queued", "waiting", "running", "paused"].includes(s.status);
+  $("train-stop").hidden = !active; $("train-start").hidden = active;
+}
+
+function addMetric(m) {
+  training.steps.push(m.step); training.loss.push(m.loss); training.val.push(m.val_loss);
+  $("train-chart").dataset.points = training.steps.length;
+  $("train-chart").dataset.lastLoss = m.loss;
+  if (training.chart) training.chart.setData([training.steps, training.loss, training.val]);
+}
+
+function showResult(job) {
+  showTrainStatus(job);
+  const g = job.gate, v = $("train-verdict");
+  if (!g) { v.hidden = true; return; }
+  const lines = [(g.passed ? "gate passed" : "gate refused") + ": " + g.candidate];
+  for (const kind of ["target", "kept"]) for (const [place, r] of Object.entries(g[kind] ?? {}))
+    lines.push(`${kind} ${place}: ${r.active.toFixed(4)} → ${r.candidate.toFixed(4)} m${r.ok ? "" : " FAIL"}`);
+  for (const reason of g.reasons) lines.push(reason);
+  v.textContent = lines.join("\n"); v.className = "verdict " + (g.passed ? "passed" : "refused");
+  v.hidden = false; v.dataset.passed = g.passed;
+  $("train-promote").hidden = !(g.passed && job.bundle && training.promotion);
+}
+
+async function refreshTraining() {
+  try {
+    const r = await api("/training?limit=1");
+    training.promotion = r.promotion;
+    const job = r.jobs[0];
+    if (!r.worker) $("train-note").textContent = r.note;
+    if (job && job.id !== training.id) followJob(job.id);
+  } catch (e) { /* not paired or no API: the drive screen says so */ }
+  if (!training.timer) training.timer = setInterval(refreshTraining, 5000);
+}
+
+$("train-start").addEventListener("click", async () => {
+  $("drive-error").textContent = "";
+  try { const r = await api("/training", { method: "POST", body: "{}" });
+    showTrainStatus({ status: "submitted" }); if (r.note) $("train-note").textContent = r.note;
+    followJob(r.job); }
+  catch (e) { $("drive-error").textContent = e.message; }
+});
+$("train-stop").addEventListener("click", async () => {
+  try { await api("/training/" + encodeURIComponent(training.id) + "/stop", { method: "POST", body: "{}" }); }
+  catch (e) { $("drive-error").textContent = e.message; }
+});
+$("train-promote").addEventListener("click", async () => {
+  $("drive-error").textContent = "";
+  try { const r = await api("/training/" + encodeURIComponent(training.id) + "/promote",
+      { method: "POST", body: "{}" });
+    $("train-promote").hidden = true;
+    $("train-note").textContent = "promoting: " + (r.candidate?.bundle_id ?? "") + " " + r.phase; }
   catch (e) { $("drive-error").textContent = e.message; }
 });
 

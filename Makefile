@@ -22,10 +22,10 @@ help:
 	@echo "make install       install on a robot (root; DESTDIR and PREFIX honoured)"
 	@echo "make uninstall     remove it again (data kept unless PURGE=1)"
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml tools/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(PIP_INSTALL) -e '.[pi,train,dev]'
+	$(PIP_INSTALL) -e '.[pi,train,dev]' -e ./tools
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -49,7 +49,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check brain tools tests bench
-	$(BIN)/mypy brain
+	$(BIN)/mypy brain tools/brain_cloud
 
 seed: $(STAMP)
 	$(BIN)/python tools/train_seed.py --out brain/models/seed

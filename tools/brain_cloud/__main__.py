@@ -1,0 +1,5 @@
+import sys
+
+from brain_cloud.cli import main
+
+sys.exit(main())

@@ -208,6 +208,13 @@ class OtaConfig:
                             "(the loop late, inference over its budget).", min=1, max=10)
     probation_s: float = setting(10.0, "How long a new model drives under watch before it is "
                                  "committed (s).", min=0.0, max=3600.0)
+    channel_url: str = setting("", "A fleet channel to follow: the URL of its channel.json "
+                               "(ota/SPEC.md, section 6). Empty: none.",
+                               pattern=r"^(https?://[^\s]{1,2000})?$")
+    channel_poll_s: float = setting(300.0, "Seconds between polls of the channel.", min=1.0,
+                                    max=86400.0)
+    channel_jitter_s: float = setting(30.0, "Up to this many random seconds added to each poll "
+                                      "(spreads a fleet's requests).", min=0.0, max=86400.0)
 
 
 @dataclass

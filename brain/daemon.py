@@ -45,6 +45,7 @@ class Daemon:
         self.api: Any = None  # brain.api.server.ApiServer when the API is enabled
         self.notifier = Notifier()
         self.trainer: subprocess.Popen[bytes] | None = None
+        self.channel: Any = None  # brain.ota.channel.ChannelFollower with ota.channel_url
 
     def _handle_signal(self, signum: int, _frame: Any) -> None:
         self.stop_reason = signal.Signals(signum).name
@@ -100,6 +101,13 @@ class Daemon:
         except (StateFileError, OSError) as e:
             log.error("model slots: %s", e)
             return 2
+        if cfg.ota.channel_url:
+            from brain.ota.channel import ChannelFollower
+
+            self.channel = ChannelFollower(cfg.ota.channel_url, ota, rig.identity["id"],
+                                           cfg.layout.model / "channel.json",
+                                           poll_s=cfg.ota.channel_poll_s,
+                                           jitter_s=cfg.ota.channel_jitter_s)
         service = self.service = RobotService(cfg, rig, self._pairing(), ota=ota,
                                               test_hooks=self.test_hooks)
         self.control = ControlServer(
@@ -130,6 +138,8 @@ class Daemon:
         if cfg.api.enabled and not self._start_api(service):
             return 1
         self._start_trainer()
+        if self.channel is not None:
+            self.channel.start()
         log.info("brain %s up: profile %s, %g Hz, control socket %s", __version__, cfg.profile,
                  cfg.drive_hz, cfg.socket_path)
         while not self.stop_event.wait(0.5):
@@ -180,6 +190,8 @@ class Daemon:
     def _shutdown(self) -> None:
         self.notifier.send("STOPPING=1")
         self.notifier.stop()
+        if self.channel is not None:
+            self.channel.stop()
         self._stop_trainer()
         if self.api is not None:
             try:

@@ -7,12 +7,16 @@
     brain-cloud pair ROBOT --code CODE          pair with a robot found over mDNS
     brain-cloud push BUNDLE --robot ROBOT       upload, follow trial -> commit or rollback
     brain-cloud full-cycle EXPORT --provider P  all of it on a rented machine, always given back
+    brain-cloud serve --root DIR --key KEY      channels, rollouts, reports, the page
+    brain-cloud publish BUNDLE --channel NAME   offer a bundle to a fleet in stages
+    brain-cloud rollout status|halt --channel N follow or stop a rollout
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -206,6 +210,87 @@ def cmd_full_cycle(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- fleet ----------------------------------------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import shlex
+
+    from brain_cloud.serve import ServeConfig, run
+
+    public = args.public_url or f"http://{args.host}:{args.port}"
+    args.channel = args.channel or ["stable"]
+    cfg = ServeConfig(root=args.root, key=args.key, public_url=public.rstrip("/"),
+                      cycle_args=shlex.split(args.cycle_args), channel_names=args.channel)
+    if args.token:
+        cfg.token = args.token
+    run(cfg, args.host, args.port)
+    return 0
+
+
+def _admin(args: argparse.Namespace) -> Any:
+    import httpx
+
+    token = args.token or os.environ.get("BRAIN_CLOUD_TOKEN", "")
+    if not token:
+        raise SystemExit(_fail("the admin token is needed: --token or BRAIN_CLOUD_TOKEN "
+                               "(printed by brain-cloud serve)", EXIT_USAGE))
+    return httpx.Client(base_url=args.server.rstrip("/"), timeout=120,
+                        headers={"Authorization": f"Bearer {token}"})
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    if bool(args.server) == bool(args.dir):
+        return _fail("give --server URL (a running brain-cloud serve) or --dir DIR (files "
+                     "for a static host)", EXIT_USAGE)
+    stages = tuple(args.stages)
+    if args.dir:
+        from brain_cloud.fleet import FleetError, Rollout
+
+        if args.key is None:
+            return _fail("--dir needs --key (the publisher key signs the channel)", EXIT_USAGE)
+        try:
+            doc = Rollout(args.dir, args.key).publish(args.bundle, stages=stages,
+                                                      threshold=args.threshold)
+        except (FleetError, OSError, ValueError) as e:
+            return _fail(str(e), EXIT_USAGE)
+    else:
+        with _admin(args) as c, open(args.bundle, "rb") as fh:
+            r = c.post(f"/api/channels/{args.channel}/publish", content=fh.read(),
+                       params={"stages": ",".join(map(str, stages)),
+                               "threshold": args.threshold})
+        if r.status_code != 200:
+            return _fail(f"publish refused: HTTP {r.status_code}: {r.text[:300]}")
+        doc = r.json()
+    _print(args, doc, f"channel {doc['channel']} seq {doc['seq']}: {doc['bundle']['id']} at "
+                      f"{doc['rollout']['percent']}%")
+    return 0
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    with _admin(args) as c:
+        if args.action == "halt":
+            r = c.post(f"/api/channels/{args.channel}/halt",
+                       params={"rollback": str(not args.no_rollback).lower()})
+            if r.status_code != 200:
+                return _fail(f"HTTP {r.status_code}: {r.text[:300]}")
+            st = r.json()
+        else:
+            r = c.get("/api/status")
+            if r.status_code != 200:
+                return _fail(f"HTTP {r.status_code}: {r.text[:300]}")
+            found = [ch for ch in r.json()["channels"] if ch["channel"] == args.channel]
+            if not found:
+                return _fail(f"no channel {args.channel!r}")
+            st = found[0]
+    lines = [f"{st['channel']}: {st['state']}, "
+             f"{(st['bundle'] or {}).get('id', 'no bundle')} at {st['percent']}%"]
+    lines += [f"  {r['id']}  bucket {r['bucket']}  {'in stage' if r['in_stage'] else '':8}  "
+              f"{r['active'] or '-'}  {r['result'] or ''} {r['reason'] or ''}"
+              for r in st["robots"]]
+    _print(args, st, "\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="brain-cloud", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -294,6 +379,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--push-url", default="")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_full_cycle)
+
+    s = sub.add_parser("serve", help="channels, staged rollouts, robots' reports, the page")
+    s.add_argument("--root", type=Path, default=Path("."), help="holds channels/ and runs/")
+    s.add_argument("--key", required=True, type=Path, help="publisher key: signs channels")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8700)
+    s.add_argument("--public-url", default="", help="how robots reach this server "
+                   "(default http://HOST:PORT)")
+    s.add_argument("--token", default="", help="admin token (default: a new random one)")
+    s.add_argument("--channel", action="append", default=[], metavar="NAME",
+                   help="channels to open at start (repeatable; default: stable)")
+    s.add_argument("--cycle-args", default="", help="arguments of the page's full cycle, "
+                   "e.g. \"export/ --provider runpod --key publisher.key\"")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("publish", help="offer a bundle on a channel, in stages")
+    s.add_argument("bundle", type=Path)
+    s.add_argument("--channel", default="stable")
+    s.add_argument("--server", default="", help="a running brain-cloud serve")
+    s.add_argument("--dir", type=Path, help="or: write the channel's files here")
+    s.add_argument("--key", type=Path, help="with --dir: the publisher key")
+    s.add_argument("--token", default="")
+    s.add_argument("--stages", nargs="+", type=int, default=[10, 25, 50, 100])
+    s.add_argument("--threshold", type=float, default=0.25,
+                   help="halt when this share of the robots that tried it failed")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_publish)
+
+    s = sub.add_parser("rollout", help="a channel's rollout: status, or halt it")
+    s.add_argument("action", choices=("status", "halt"))
+    s.add_argument("--channel", default="stable")
+    s.add_argument("--server", required=True)
+    s.add_argument("--token", default="")
+    s.add_argument("--no-rollback", action="store_true",
+                   help="halt without telling the robots to roll back")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_rollout)
     return p
 
 

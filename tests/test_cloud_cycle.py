@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,16 +80,50 @@ def summary_of(runs: Path) -> dict[str, Any]:
     return json.loads(found[0].read_text())
 
 
+@contextmanager
+def paired_robot(tmp_path: Path, publisher: dict[str, Path]
+                 ) -> Iterator[tuple[DaemonProcess, str, dict[str, str]]]:
+    """A daemon on loopback with TLS that trusts the publisher key, and brain-cloud paired with
+    it (token and pinned fingerprint in a config home of the test's own). Yields the daemon,
+    its URL and the environment brain-cloud needs to find the pairing."""
+    port = sshd_harness.free_port()
+    d = DaemonProcess(tmp_path / "robot", "--sim", env={
+        "BRAIN_API_ENABLED": "1", "BRAIN_API_HOST": "127.0.0.1", "BRAIN_API_PORT": str(port),
+        "BRAIN_API_MDNS": "0", "BRAIN_API_TLS": "1", "BRAIN_ROBOT_NAME": "cloud-car",
+        "BRAIN_OTA_TRUSTED_KEYS_DIR": str(publisher["trusted"]), "BRAIN_OTA_PROBATION_S": "1"})
+    url = f"https://127.0.0.1:{port}"
+    config = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
+    try:
+        d.wait_ready()
+        wait_until(lambda: _up(url), what="the API")
+        fp = fingerprint_pem((tmp_path / "robot" / "api" / "tls-cert.pem").read_bytes())
+        code = json.loads(d.cli("pair", "--json").stdout)["code"]
+        cloud("pair", "cloud-car", "--code", code, "--url", url, "--fingerprint", fp, **config)
+        yield d, url, config
+    finally:
+        assert d.stop() == 0, d.log()
+
+
 @pytest.mark.parametrize("sshd,expected_mode", [("plain", "stream"), ("gateway", "stream"),
                                                 ("pty-only", "pty")], indirect=["sshd"])
 def test_full_cycle_over_ssh_in_every_gateway_behaviour(sshd: sshd_harness.Sshd,
                                                         expected_mode: str, export: Path,
                                                         publisher: dict[str, Path],
                                                         tmp_path: Path) -> None:
+    """In gateway mode (RunPod's basic gateway: no scp, no sftp) the bundle also goes to a
+    running daemon, which commits it."""
     runs = tmp_path / "runs"
-    r = cloud("full-cycle", str(export), "--provider", "ssh", "--runs", str(runs), "--config",
-              str(write_config(tmp_path / "c.json")), "--key", str(publisher["key"]),
-              *ssh_args(sshd), "--json")
+    args = ["full-cycle", str(export), "--provider", "ssh", "--runs", str(runs), "--config",
+            str(write_config(tmp_path / "c.json")), "--key", str(publisher["key"]),
+            *ssh_args(sshd), "--json"]
+    if sshd.mode != "gateway":
+        r = cloud(*args)
+    else:
+        with paired_robot(tmp_path, publisher) as (d, url, config):
+            r = cloud(*args, "--push", "cloud-car", "--push-url", url, **config)
+            s = summary_of(runs)
+            assert s["push"]["final"] == "committed"
+            assert d.status()["model"] == s["bundle"]["id"]
     s = summary_of(runs)
     assert json.loads(r.stdout)["run_id"] == s["run_id"]
     assert s["status"] == "succeeded" and s["error"] is None
@@ -138,54 +173,41 @@ def test_runpod_cycle_through_its_gateway_and_the_daemon_commits_the_bundle(
     runtime for two polls and has no public port 22, so the gateway (podHostId@gateway) that
     insists on a PTY is the way in. The bundle then goes to a running daemon over TLS."""
     fake = FakeRunPod(KEY, capacity=("SECURE",), boot_polls=2, host_id=gateway_user)
-    port = sshd_harness.free_port()
-    d = DaemonProcess(tmp_path / "robot", "--sim", env={
-        "BRAIN_API_ENABLED": "1", "BRAIN_API_HOST": "127.0.0.1", "BRAIN_API_PORT": str(port),
-        "BRAIN_API_MDNS": "0", "BRAIN_API_TLS": "1", "BRAIN_ROBOT_NAME": "cloud-car",
-        "BRAIN_OTA_TRUSTED_KEYS_DIR": str(publisher["trusted"]), "BRAIN_OTA_PROBATION_S": "1"})
-    url = f"https://127.0.0.1:{port}"
-    config_home = tmp_path / "config"
     try:
-        d.wait_ready()
-        wait_until(lambda: _up(url), what="the API")
-        fp = fingerprint_pem((tmp_path / "robot" / "api" / "tls-cert.pem").read_bytes())
-        code = json.loads(d.cli("pair", "--json").stdout)["code"]
-        cloud("pair", "cloud-car", "--code", code, "--url", url, "--fingerprint", fp,
-              XDG_CONFIG_HOME=str(config_home))
-        runs = tmp_path / "runs"
-        r = cloud("full-cycle", str(export), *runpod_args(fake, sshd), "--runs", str(runs),
-                  "--config", str(write_config(tmp_path / "c.json")), "--key",
-                  str(publisher["key"]), "--push", "cloud-car", "--push-url", url,
-                  RUNPOD_API_KEY=KEY, XDG_CONFIG_HOME=str(config_home))
-        s = summary_of(runs)
-        assert s["status"] == "succeeded", s["error"]
-        assert [c["cloud"] for c in fake.calls if c["op"] == "deploy"] == ["COMMUNITY",
-                                                                           "SECURE"]
-        assert s["machine_details"]["cloud_type"] == "SECURE"
-        assert s["machine_details"]["ssh_route"] == "gateway"
-        assert s["connection_mode"] == "pty" and s["remote_user"] == gateway_user
-        assert s["terminated"] is True and fake.terminated == [s["machine_id"]]
-        assert fake.alive() == []
-        assert s["push"]["final"] == "committed"
-        assert [st["phase"] for st in s["push"]["states"]][-1] == "committed"
-        assert d.status()["model"] == s["bundle"]["id"]
-        # The API key went to the API and nowhere else.
-        assert all(k == f"Bearer {KEY}" for k in fake.seen_keys)
-        for f in (runs / s["run_id"]).rglob("*"):
-            if f.is_file() and f.suffix in (".json", ".log"):
-                assert KEY not in f.read_text(errors="replace"), f
-        assert KEY not in r.stdout + r.stderr
-        # Another certificate than the pinned one never gets the token.
-        robots = config_home / "brain-cloud" / "robots.json"
-        doc = json.loads(robots.read_text())
-        doc[next(iter(doc))]["fingerprint"] = "0" * 64
-        robots.write_text(json.dumps(doc))
-        r = cloud("push", s["paths"]["bundle"], "--robot", "cloud-car", "--url", url,
-                  check=False, XDG_CONFIG_HOME=str(config_home))
-        assert r.returncode == 1 and "not the pinned" in r.stderr, r.stderr
+        with paired_robot(tmp_path, publisher) as (d, url, config):
+            runs = tmp_path / "runs"
+            r = cloud("full-cycle", str(export), *runpod_args(fake, sshd), "--runs", str(runs),
+                      "--config", str(write_config(tmp_path / "c.json")), "--key",
+                      str(publisher["key"]), "--push", "cloud-car", "--push-url", url,
+                      RUNPOD_API_KEY=KEY, **config)
+            s = summary_of(runs)
+            assert s["status"] == "succeeded", s["error"]
+            assert [c["cloud"] for c in fake.calls if c["op"] == "deploy"] == ["COMMUNITY",
+                                                                               "SECURE"]
+            assert s["machine_details"]["cloud_type"] == "SECURE"
+            assert s["machine_details"]["ssh_route"] == "gateway"
+            assert s["connection_mode"] == "pty" and s["remote_user"] == gateway_user
+            assert s["terminated"] is True and fake.terminated == [s["machine_id"]]
+            assert fake.alive() == []
+            assert s["push"]["final"] == "committed"
+            assert [st["phase"] for st in s["push"]["states"]][-1] == "committed"
+            assert d.status()["model"] == s["bundle"]["id"]
+            # The API key went to the API and nowhere else.
+            assert all(k == f"Bearer {KEY}" for k in fake.seen_keys)
+            for f in (runs / s["run_id"]).rglob("*"):
+                if f.is_file() and f.suffix in (".json", ".log"):
+                    assert KEY not in f.read_text(errors="replace"), f
+            assert KEY not in r.stdout + r.stderr
+            # Another certificate than the pinned one never gets the token.
+            robots = Path(config["XDG_CONFIG_HOME"]) / "brain-cloud" / "robots.json"
+            doc = json.loads(robots.read_text())
+            doc[next(iter(doc))]["fingerprint"] = "0" * 64
+            robots.write_text(json.dumps(doc))
+            r = cloud("push", s["paths"]["bundle"], "--robot", "cloud-car", "--url", url,
+                      check=False, **config)
+            assert r.returncode == 1 and "not the pinned" in r.stderr, r.stderr
     finally:
         fake.stop()
-        assert d.stop() == 0, d.log()
 
 
 def _live_members(group: int) -> list[int]:

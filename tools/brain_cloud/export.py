@@ -9,8 +9,8 @@ for the LiteRT backend. TFLite is an extra: without the tooling the export says 
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -72,28 +72,46 @@ def _onnx_outputs(onnx_path: Path, input_name: str, inputs: np.ndarray) -> np.nd
                      for x in inputs])
 
 
-def tflite_tool() -> str | None:
-    """The installed ONNX -> TFLite converter, if any (onnx2tf, which needs TensorFlow)."""
-    if importlib.util.find_spec("onnx2tf") and importlib.util.find_spec("tensorflow"):
-        return "onnx2tf"
-    return None
+TFLITE_PYTHON_ENV = "BRAIN_CLOUD_TFLITE_PYTHON"
 
 
-def export_tflite(model_dir: Path, *, required: bool, log: Any = print) -> str | None:
+def tflite_python() -> str:
+    """The Python that runs the converter: TensorFlow pins its own numpy and protobuf, so it
+    often lives in a venv of its own (`BRAIN_CLOUD_TFLITE_PYTHON`); this one by default."""
+    return os.environ.get(TFLITE_PYTHON_ENV) or sys.executable
+
+
+def tflite_tool(python: str) -> str | None:
+    """The ONNX -> TFLite converter installed for `python`, if any (onnx2tf, which needs
+    TensorFlow). Looked up without importing TensorFlow."""
+    probe = ("import importlib.util as u, sys; "
+             "sys.exit(0 if u.find_spec('onnx2tf') and u.find_spec('tensorflow') else 1)")
+    try:
+        ok = subprocess.run([python, "-c", probe], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return "onnx2tf" if ok.returncode == 0 else None
+
+
+def export_tflite(model_dir: Path, *, required: bool, log: Any = print,
+                  python: str | None = None) -> str | None:
     """Convert the model's ONNX to `policy.tflite` and name it in policy.json (backend
-    `litert`); None when no converter is installed (an error when `required`)."""
-    tool = tflite_tool()
-    if tool is None:
-        msg = "TFLite skipped: no converter installed (pip install onnx2tf tensorflow)"
+    `litert`); None when no converter is installed (an error when `required`). The TFLite model
+    keeps the ONNX input layout (N x 3 x H x W), which the daemon's LiteRT backend feeds."""
+    python = python or tflite_python()
+    if tflite_tool(python) is None:
+        msg = (f"TFLite skipped: no converter for {python} (pip install onnx2tf tensorflow, "
+               f"or point {TFLITE_PYTHON_ENV} at a Python that has them)")
         if required:
             raise CloudTrainError(msg)
         log(msg)
         return None
     spec = load_spec(model_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        r = subprocess.run([sys.executable, "-m", "onnx2tf", "-i",
+        r = subprocess.run([python, "-m", "onnx2tf", "-i",
                             str(model_dir / spec.files["onnxruntime"]), "-o", tmp,
-                            "-kat", spec.input_name, "-osd"], capture_output=True, text=True)
+                            "-kat", spec.input_name, "-osd"], capture_output=True, text=True,
+                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         made = sorted(Path(tmp).glob("*_float32.tflite"))
         if r.returncode != 0 or not made:
             raise CloudTrainError(f"onnx2tf failed ({r.returncode}): {r.stderr[-2000:]}")
@@ -101,4 +119,5 @@ def export_tflite(model_dir: Path, *, required: bool, log: Any = print) -> str |
     doc = json.loads((model_dir / "policy.json").read_text())
     doc.setdefault("files", {})["litert"] = TFLITE_FILE
     (model_dir / "policy.json").write_text(json.dumps(doc, indent=2) + "\n")
+    log(f"TFLite written by onnx2tf: {TFLITE_FILE}")
     return TFLITE_FILE

@@ -108,11 +108,13 @@ def export_tflite(model_dir: Path, *, required: bool, log: Any = print,
         return None
     spec = load_spec(model_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        r = subprocess.run([python, "-m", "onnx2tf", "-i",
-                            str(model_dir / spec.files["onnxruntime"]), "-o", tmp,
+        # onnx2tf rewrites (simplifies) its input file in place: it gets a copy.
+        source = Path(tmp) / "source.onnx"
+        shutil.copyfile(model_dir / spec.files["onnxruntime"], source)
+        r = subprocess.run([python, "-m", "onnx2tf", "-i", str(source), "-o", f"{tmp}/out",
                             "-kat", spec.input_name, "-osd"], capture_output=True, text=True,
                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        made = sorted(Path(tmp).glob("*_float32.tflite"))
+        made = sorted(Path(tmp, "out").glob("*_float32.tflite"))
         if r.returncode != 0 or not made:
             raise CloudTrainError(f"onnx2tf failed ({r.returncode}): {r.stderr[-2000:]}")
         shutil.copyfile(made[0], model_dir / TFLITE_FILE)

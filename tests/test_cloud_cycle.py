@@ -302,10 +302,13 @@ def test_failover_from_runpod_to_ssh(export: Path, tmp_path: Path) -> None:
     assert s["status"] == "succeeded"
 
 
+@pytest.mark.parametrize("mode", ["gateway", "pty-only"])
 def test_sigterm_of_the_orchestrator_terminates_the_machine_and_the_training(
-        export: Path, tmp_path: Path) -> None:
+        mode: str, export: Path, tmp_path: Path) -> None:
+    """Both ways in: a gateway whose shell is dash (its `kill` takes no `--`), and a PTY
+    session (interactive, so the training's setsid forks)."""
     require_sshd()
-    server = sshd_harness.Sshd(tmp_path / "sshd", "gateway")
+    server = sshd_harness.Sshd(tmp_path / "sshd", mode)
     fake = FakeRunPod(KEY, capacity=("SECURE",), boot_polls=1,
                       public_ssh=("127.0.0.1", server.port))
     runs = tmp_path / "runs"

@@ -178,3 +178,33 @@ def test_bad_training_configuration_is_refused_naming_the_field(export: Path,
                   "--run-dir", str(tmp_path / "r"), check=False)
         assert r.returncode == 2 and expect in r.stderr, r.stderr
     assert not (tmp_path / "r" / "run.json").exists()
+
+
+def test_training_starts_from_the_robots_candidate_adapter(export: Path, tmp_path: Path) -> None:
+    """--adapters merges a peft adapter (as `brain train` writes it) into the base before every
+    weight trains: with a learning rate of ~0 the result is the merged model, not the base."""
+    import peft
+    import torch
+
+    from brain.train.trainer import load_base
+    from tests.ota_support import SEED
+
+    model = peft.get_peft_model(load_base(SEED), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["fc1", "head"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.01)  # a fresh adapter is a no-op; this one is not
+    model.save_pretrained(str(tmp_path / "adapter"))
+    merged = {k: v.numpy() for k, v in model.merge_and_unload().state_dict().items()}
+    base = {k: v.numpy() for k, v in load_base(SEED).state_dict().items()}
+    config = write_config(tmp_path / "c.json", max_steps=1, lr=1e-12, log_every=1)
+    cloud("train", "--export", str(export), "--config", str(config), "--run-dir",
+          str(tmp_path / "run"), "--adapters", str(tmp_path / "adapter"))
+    ours = _weights(tmp_path / "run")
+    assert not np.allclose(merged["head.weight"], base["head.weight"])
+    for key in ours:
+        assert np.allclose(ours[key], merged[key], atol=1e-6), key
+    r = cloud("train", "--export", str(export), "--config", str(config), "--run-dir",
+              str(tmp_path / "bad"), "--adapters", str(tmp_path), check=False)
+    assert r.returncode == 2 and "adapter_config.json" in r.stderr

@@ -314,10 +314,14 @@ class Cycle:
         cmd = " ".join(shlex.quote(a) for a in argv)
         self.summary["remote_command"] = cmd
         w = shlex.quote(machine.workdir)
-        inner = shlex.quote(f"{cmd} > train.log 2>&1; echo $? > train.rc")
-        shell.check(f"cd {w} && rm -f train.rc train.log && (setsid sh -c {inner} "
-                    f"</dev/null >/dev/null 2>&1 & echo $! > train.pid)", timeout=60,
-                    what="starting the training")
+        # Its own session and process group, detached from the connection. The group id is
+        # the wrapper's own $$ (setsid forks when the caller leads a group, as in an
+        # interactive PTY session, so $! could name a process that is already gone).
+        inner = shlex.quote(f"echo $$ > train.pid; {cmd} > train.log 2>&1; echo $? > train.rc")
+        shell.check(f"cd {w} && rm -f train.rc train.log train.pid && (setsid sh -c {inner} "
+                    f"</dev/null >/dev/null 2>&1 &) && for i in $(seq 1 100); do "
+                    f"[ -s train.pid ] && exit 0; sleep 0.1; done; echo no train.pid; exit 1",
+                    timeout=60, what="starting the training")
         self.log(f"training started on {machine.id}: {cmd}")
         offset, rc, deadline = 0, None, time.monotonic() + self.o.train_timeout_s
         while rc is None:

@@ -123,9 +123,11 @@ def _kill_run(shell: Shell, workdir: str) -> None:
     """Stop whatever the run started there (its process group, recorded in train.pid)."""
     pid = shlex.quote(f"{workdir}/train.pid")
     try:
-        shell.run(f"[ -f {pid} ] || exit 0; g=$(cat {pid}); kill -TERM -- -$g 2>/dev/null "
-                  "|| exit 0; for i in $(seq 1 40); do sleep 0.25; kill -0 -- -$g 2>/dev/null "
-                  "|| exit 0; done; kill -KILL -- -$g 2>/dev/null; true", timeout=30)
+        # `kill -SIG -PGID`, not `kill -SIG -- -PGID`: dash (the /bin/sh of Debian and Ubuntu,
+        # and what a gateway may run) rejects the `--`, and nothing would be stopped.
+        shell.run(f"[ -f {pid} ] || exit 0; g=$(cat {pid}); kill -TERM -$g 2>/dev/null "
+                  "|| exit 0; for i in $(seq 1 40); do sleep 0.25; kill -0 -$g 2>/dev/null "
+                  "|| exit 0; done; kill -KILL -$g 2>/dev/null; true", timeout=30)
     except TransportError:
         pass
 

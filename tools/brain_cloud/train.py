@@ -191,10 +191,13 @@ def merged_start(base_dir: Path, adapters: Path | None) -> torch.nn.Module:
         raise CloudTrainError(f"{adapters}: no adapter_config.json; pass the robot's "
                               "model/adapters/candidate directory")
     try:
-        return peft.PeftModel.from_pretrained(net, str(adapters)).merge_and_unload()
+        merged = peft.PeftModel.from_pretrained(net, str(adapters)).merge_and_unload()
     except Exception as e:  # peft raises many kinds for a mismatched adapter
         raise CloudTrainError(f"{adapters}: the adapter does not fit the base policy: {e}") \
             from None
+    for param in merged.parameters():  # peft froze the base weights; here every weight trains
+        param.requires_grad_(True)
+    return merged
 
 
 class CloudTrainer:

@@ -186,7 +186,7 @@ class Trainer:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, CosineDecay(s.max_steps))
         order_rng, replay_rng = np.random.default_rng(s.seed), np.random.default_rng(s.seed + 1)
         random.seed(s.seed)
-        rehearsal = _load_replay(self.base_dir)
+        rehearsal = load_replay(self.base_dir)
         n = len(data.train)
         order, pos, passes = new_order(s.shuffle, n, order_rng, None), 0, 0
         step, history, losses = 0, [], []
@@ -409,7 +409,7 @@ def write_model_dir(net: Any, base_dir: Path, out: Path, *, id_suffix: str,
     doc.pop("adapters", None)
     doc.pop("replay", None)
     if replay is None and spec.extra.get("replay"):
-        replay = _load_replay(base_dir)
+        replay = load_replay(base_dir)
     if replay is not None and len(replay):
         replay_set.save(out / replay_set.REPLAY_FILE, replay)
         doc["replay"] = replay_set.REPLAY_FILE
@@ -481,7 +481,7 @@ def _place_sources(model_dir: Path) -> dict[str, dict[str, str]]:
     return {str(k): dict(v) for k, v in sources.items() if isinstance(v, dict)}
 
 
-def _load_replay(model_dir: Path) -> Samples | None:
+def load_replay(model_dir: Path) -> Samples | None:
     from brain.control.model import load_spec
 
     name = load_spec(model_dir).extra.get("replay")

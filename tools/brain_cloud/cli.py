@@ -35,6 +35,12 @@ def _fail(message: str, code: int = EXIT_FAILED) -> int:
     return code
 
 
+def _progress(args: argparse.Namespace) -> Any:
+    """Where progress lines go: stderr with --json, so stdout is the JSON alone."""
+    stream = sys.stderr if getattr(args, "json", False) else sys.stdout
+    return lambda line: print(line, file=stream, flush=True)
+
+
 def _print(args: argparse.Namespace, obj: Any, text: str) -> None:
     print(json.dumps(obj, indent=2, default=str) if getattr(args, "json", False) else text)
 
@@ -128,7 +134,8 @@ def cmd_pair(args: argparse.Namespace) -> int:
     from brain_cloud.push import PushError, pair
 
     try:
-        entry = pair(args.robot, args.code, url=args.url, fingerprint=args.fingerprint)
+        entry = pair(args.robot, args.code, url=args.url, fingerprint=args.fingerprint,
+                     log=_progress(args))
     except (PushError, OSError) as e:
         return _fail(str(e))
     _print(args, entry, "")
@@ -139,7 +146,8 @@ def cmd_push(args: argparse.Namespace) -> int:
     from brain_cloud.push import PushError, push
 
     try:
-        out = push(args.bundle, args.robot, url=args.url, timeout=args.timeout)
+        out = push(args.bundle, args.robot, url=args.url, timeout=args.timeout,
+                   log=_progress(args))
     except (PushError, OSError) as e:
         return _fail(str(e))
     _print(args, out, f"{out['bundle_id']} on {out['robot']}: {out['final']}")

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from brain.durable import atomic_write_json
 from brain.rlds.reader import ExportReadError, verify_export
 from brain_cloud.providers import Machine, Provider, ProviderError
-from brain_cloud.train import FINAL_WEIGHTS, CloudTrainError, load_settings
+from brain_cloud.train import FINAL_WEIGHTS, REPLAY, CloudTrainError, load_settings
 from brain_cloud.transport import TransportError, download, upload
 
 SUMMARY = "run-summary.json"
@@ -226,7 +226,8 @@ class Cycle:
             with self.stage("download"):
                 self.summary["download"] = self._retry("download", lambda: download(
                     shell, machine.workdir, ["run/run.json", f"run/{FINAL_WEIGHTS}",
-                                             "train.log"], self.run_dir / "artifacts",
+                                             f"run/{REPLAY}", "train.log"],
+                    self.run_dir / "artifacts",
                     self.log))
             with self.stage("verify"):
                 self._verify()

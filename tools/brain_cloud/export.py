@@ -22,9 +22,10 @@ import numpy as np
 
 from brain.control.model import load_spec
 from brain.ota.bundle import GOLDEN_FILE, golden_inputs, write_golden
+from brain.train import replay as replay_set
 from brain.train.model import PolicyNet
 from brain.train.trainer import write_model_dir
-from brain_cloud.train import FINAL_WEIGHTS, CloudTrainError
+from brain_cloud.train import FINAL_WEIGHTS, REPLAY, CloudTrainError
 
 TFLITE_FILE = "policy.tflite"
 
@@ -48,7 +49,8 @@ def export_run(run_dir: Path, out: Path, *, golden_count: int = 4, tflite: str =
     net.load_state_dict(load_file(str(run_dir / FINAL_WEIGHTS)))
     net.eval()
     base = Path(record["base"])
-    write_model_dir(net, base, out, id_suffix=f"+cloud-{record['run_id']}",
+    replay = replay_set.load(run_dir / REPLAY) if (run_dir / REPLAY).is_file() else None
+    write_model_dir(net, base, out, id_suffix=f"+cloud-{record['run_id']}", replay=replay,
                     training={"run": record["run_id"], "base": record["base_id"],
                               "where": "cloud", "export_origin": record.get("export_origin"),
                               "steps": record.get("step"),

@@ -39,11 +39,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from brain.control.model import load_spec
 from brain.durable import atomic_write_bytes, atomic_write_json
 from brain.rlds.reader import iter_episodes, verify_export
-from brain.train.data import decode_frame, validation_indices
+from brain.train import replay as replay_set
+from brain.train.data import Samples, decode_frame, place_of, validation_indices
 from brain.train.model import ARCH
-from brain.train.trainer import CosineDecay, RunPaths, load_base, new_order, val_loss
+from brain.train.trainer import (
+    CosineDecay,
+    RunPaths,
+    load_base,
+    load_replay,
+    new_order,
+    val_loss,
+)
 
 FINAL_WEIGHTS = "final.safetensors"
+REPLAY = replay_set.REPLAY_FILE
 
 
 class CloudTrainSettings(BaseModel):
@@ -63,6 +72,10 @@ class CloudTrainSettings(BaseModel):
     keep_checkpoints: int = Field(default=3, ge=1, le=1000)
     log_every: int = Field(default=10, ge=1)
     loss_weights: tuple[float, float] = (1.0, 0.5)
+    replay_per_batch: int = Field(default=8, ge=0, le=65536, description="samples of the base "
+                                  "model's rehearsal set in every global batch")
+    replay_size: int = Field(default=512, ge=0, le=1_000_000,
+                             description="samples in the new model's rehearsal set")
 
 
 class CloudTrainError(RuntimeError):
@@ -95,6 +108,10 @@ class Frames:
     images: np.ndarray  # N x H x W x 3 uint8, as the policy sees them
     actions: np.ndarray  # N x 2 float32
     episodes: list[str]
+    places: list[str]  # per frame: where it was recorded (the rehearsal set keeps places)
+
+    def samples(self) -> Samples:
+        return Samples(self.images, self.actions, self.places)
 
 
 def load_frames(export_dir: Path, width: int, height: int, val_fraction: float
@@ -105,22 +122,23 @@ def load_frames(export_dir: Path, width: int, height: int, val_fraction: float
     episodes = list(iter_episodes(export_dir, manifest))
     episodes.sort(key=lambda e: e.id)
     val_idx = validation_indices(len(episodes), val_fraction)
-    parts: dict[bool, tuple[list[np.ndarray], list[np.ndarray], list[str]]] = {
-        False: ([], [], []), True: ([], [], [])}
+    parts: dict[bool, tuple[list[np.ndarray], list[np.ndarray], list[str], list[str]]] = {
+        False: ([], [], [], []), True: ([], [], [], [])}
     for i, ep in enumerate(episodes):
         new = np.flatnonzero(ep.frame_new)
-        imgs, acts, ids = parts[i in val_idx]
+        imgs, acts, ids, places = parts[i in val_idx]
         imgs.append(np.stack([decode_frame(ep.images[k], width, height) for k in new])
                     if len(new) else np.empty((0, height, width, 3), np.uint8))
         acts.append(ep.actions[new, :2].astype(np.float32))
         ids.append(ep.id)
+        places += [place_of(ep.metadata.get("metadata") or {})] * len(new)
 
     def frames(val: bool) -> Frames:
-        imgs, acts, ids = parts[val]
+        imgs, acts, ids, places = parts[val]
         if not imgs:
             return Frames(np.empty((0, height, width, 3), np.uint8),
-                          np.empty((0, 2), np.float32), [])
-        return Frames(np.concatenate(imgs), np.concatenate(acts), ids)
+                          np.empty((0, 2), np.float32), [], [])
+        return Frames(np.concatenate(imgs), np.concatenate(acts), ids, places)
 
     return frames(False), frames(True), manifest
 
@@ -264,6 +282,7 @@ class CloudTrainer:
         random.seed(s.seed)
         n = len(train.images)
         order, pos, passes, step, history = new_order(s.shuffle, n, order_rng, None), 0, 0, 0, []
+        replay_rng_state = None
         latest = self.run.latest_checkpoint() if resume else None
         if latest is not None:
             ck = torch.load(latest, weights_only=False, map_location=dist.device)
@@ -272,14 +291,26 @@ class CloudTrainer:
             sched.load_state_dict(ck["scheduler"])
             torch.set_rng_state(ck["torch_rng"])
             order_rng.bit_generator.state = ck["order_rng"]
+            replay_rng_state = ck.get("replay_rng")
             random.setstate(ck["python_random"])
             order, pos, passes = np.asarray(ck["order"]), ck["pos"], ck["passes"]
             step, history = ck["step"], ck["history"]
             self._emit(dist, {"event": "resumed_from", "checkpoint": latest.name, "step": step})
         images, actions = torch.from_numpy(train.images), torch.from_numpy(train.actions)
+        # Rehearsal, as on the robot: a few samples of the base model's own set in every batch,
+        # so that learning the new places does not unlearn the old ones.
+        rehearsal = load_replay(self.base_dir)
+        k_replay = min(s.replay_per_batch, s.batch - 1) if rehearsal is not None and \
+            len(rehearsal) else 0
+        k_new = s.batch - k_replay
+        r_images = torch.from_numpy(rehearsal.images) if k_replay and rehearsal else None
+        r_actions = torch.from_numpy(rehearsal.actions) if k_replay and rehearsal else None
+        replay_rng = np.random.default_rng(s.seed + 1)
         weights = torch.tensor(s.loss_weights, dtype=torch.float32, device=dist.device)
         val_t = (torch.from_numpy(val.images).permute(0, 3, 1, 2),
                  torch.from_numpy(val.actions)) if len(val.images) else None
+        if replay_rng_state is not None:
+            replay_rng.bit_generator.state = replay_rng_state
         share = s.batch // dist.world
         losses: list[float] = []
         t_start, step0 = time.monotonic(), step
@@ -288,19 +319,23 @@ class CloudTrainer:
             if dist.any(self._signal is not None):
                 if dist.main:
                     self._checkpoint(model, opt, sched, order_rng, order, pos, passes, step,
-                                     history, emergency=True)
+                                     history, emergency=True, replay_rng=replay_rng)
                 dist.barrier()
                 return self._finish(dist, record, "interrupted", step, history,
                                     f"{self._signal or 'a peer'}: emergency checkpoint at "
                                     f"step {step}")
-            if pos + s.batch > n:
+            if pos + k_new > n:
                 passes += 1
                 order, pos = new_order(s.shuffle, n, order_rng, order), 0
-            batch = order[pos:pos + s.batch]
-            pos += s.batch
-            idx = torch.from_numpy(batch[dist.rank * share:(dist.rank + 1) * share])
-            x = images[idx].permute(0, 3, 1, 2).float().div(255.0).to(dist.device)
-            y = actions[idx].to(dist.device)
+            idx = torch.from_numpy(order[pos:pos + k_new])
+            pos += k_new
+            bx, by = images[idx], actions[idx]  # the global batch, the same on every rank
+            if r_images is not None and r_actions is not None:
+                j = torch.from_numpy(replay_rng.integers(0, len(r_images), k_replay))
+                bx, by = torch.cat([bx, r_images[j]]), torch.cat([by, r_actions[j]])
+            mine = slice(dist.rank * share, (dist.rank + 1) * share)
+            x = bx[mine].permute(0, 3, 1, 2).float().div(255.0).to(dist.device)
+            y = by[mine].to(dist.device)
             loss = (((wrapped(x) - y) ** 2) * weights).mean()
             opt.zero_grad()
             loss.backward()
@@ -323,12 +358,16 @@ class CloudTrainer:
                 losses.clear()
                 self._emit(dist, event)
             if step % s.checkpoint_every == 0 and step < s.max_steps and dist.main:
-                self._checkpoint(model, opt, sched, order_rng, order, pos, passes, step, history)
+                self._checkpoint(model, opt, sched, order_rng, order, pos, passes, step, history,
+                                 replay_rng=replay_rng)
         if dist.main:
             from safetensors.torch import save_file
 
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             save_file(state, str(self.run.root / FINAL_WEIGHTS))
+            # The new model's rehearsal set: the old places and the new, evenly.
+            replay_set.save(self.run.root / REPLAY, replay_set.merge(
+                rehearsal, train.samples(), s.replay_size, seed=s.seed))
         dist.barrier()
         return self._finish(dist, record, "completed", step, history, "")
 
@@ -359,13 +398,15 @@ class CloudTrainer:
 
     def _checkpoint(self, model: torch.nn.Module, opt: Any, sched: Any,
                     order_rng: np.random.Generator, order: np.ndarray, pos: int, passes: int,
-                    step: int, history: list[dict[str, Any]], emergency: bool = False) -> Path:
+                    step: int, history: list[dict[str, Any]], emergency: bool = False,
+                    replay_rng: np.random.Generator | None = None) -> Path:
         name = f"emergency_step_{step:06d}.pt" if emergency else f"step_{step:06d}.pt"
         buf = io.BytesIO()
         torch.save({"step": step, "model": {k: v.cpu() for k, v in model.state_dict().items()},
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "torch_rng": torch.get_rng_state(),
                     "order_rng": order_rng.bit_generator.state,
+                    "replay_rng": replay_rng.bit_generator.state if replay_rng else None,
                     "python_random": random.getstate(), "order": order, "pos": pos,
                     "passes": passes, "history": history,
                     "settings": self.s.model_dump(mode="json")}, buf)

@@ -11,12 +11,13 @@ DESTDIR ?=
 PURGE ?= 0
 SECONDS_BENCH ?= 60
 
-.PHONY: run test test-unit test-interop bench lint seed install uninstall clean help
+.PHONY: run test test-unit test-interop bench lint seed demo install uninstall clean help
 
 help:
 	@echo "make run           the daemon on the simulated robot (http://127.0.0.1:8080/)"
 	@echo "make test          the whole test suite (unit, integration, interop, browser)"
 	@echo "make bench         the performance benchmarks in bench/ (SECONDS_BENCH=$(SECONDS_BENCH))"
+	@echo "make demo          the whole field plan on the simulator, with its report (out/)"
 	@echo "make lint          ruff + mypy"
 	@echo "make seed          retrain the seed policy in brain/models/seed (torch)"
 	@echo "make install       install on a robot (root; DESTDIR and PREFIX honoured)"
@@ -46,6 +47,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/ota.py
 	$(BIN)/python bench/train.py
+
+demo: $(STAMP)
+	$(BIN)/brain cycle --sim --out out/cycle-$$(date +%Y%m%dT%H%M%S)
 
 lint: $(STAMP)
 	$(BIN)/ruff check brain tools tests bench

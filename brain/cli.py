@@ -104,7 +104,7 @@ def _register_plugins(sub: argparse._SubParsersAction, make_client: Callable[[],
     import importlib
 
     for module in ("brain.rlds.cli", "brain.diag.cli", "brain.api.cli", "brain.collect",
-                   "brain.neutral", "brain.ota.cli", "brain.train.cli"):
+                   "brain.neutral", "brain.ota.cli", "brain.train.cli", "brain.fieldplan"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brain.control.histogram import RESOLUTION_S
 from brain.durable import atomic_write_json
 
 NEW_TRACK = "chicane"  # the seed leaves the road here (docs/training.md)
@@ -271,6 +270,7 @@ class FieldPlan:
 
     def _lateness(self, before: dict[str, Any]) -> dict[str, Any]:
         """This phase's own lateness: the histogram now minus the one at its start."""
+        from brain.control.histogram import RESOLUTION_S  # numpy: not at CLI start-up
         after = self.loop_snapshot()
         b0, b1 = before["histogram"]["lateness_us"], after["histogram"]["lateness_us"]
         bins = {k: b1[k] - b0.get(k, 0) for k in b1 if b1[k] - b0.get(k, 0) > 0}

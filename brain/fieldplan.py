@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,17 +99,47 @@ class FieldPlan:
 
     # -- plumbing ---------------------------------------------------------------------------------
     def brain(self, *args: str, timeout: float = 900, check: bool = True,
+              show: Callable[[str], str | None] | None = None,
               **extra: str) -> subprocess.CompletedProcess[str]:
-        return self._run([sys.executable, "-m", "brain", *args], timeout, check, extra)
+        return self._run([sys.executable, "-m", "brain", *args], timeout, check, extra, show)
 
     def cloud(self, *args: str, timeout: float = 1800, check: bool = True,
+              show: Callable[[str], str | None] | None = None,
               **extra: str) -> subprocess.CompletedProcess[str]:
-        return self._run([sys.executable, "-m", "brain_cloud", *args], timeout, check, extra)
+        return self._run([sys.executable, "-m", "brain_cloud", *args], timeout, check, extra,
+                         show)
 
-    def _run(self, argv: list[str], timeout: float, check: bool,
-             extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run(argv, env={**self.env, **extra}, capture_output=True, text=True,
-                           timeout=timeout)
+    def _run(self, argv: list[str], timeout: float, check: bool, extra: dict[str, str],
+             show: Callable[[str], str | None] | None = None
+             ) -> subprocess.CompletedProcess[str]:
+        """Run a command to its end; what `show` makes of each output line (None: nothing) is
+        echoed as it comes: the progress of a long phase."""
+        proc = subprocess.Popen(argv, env={**self.env, **extra}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        lines: dict[str, list[str]] = {"out": [], "err": []}
+
+        def pump(stream: Any, sink: list[str]) -> None:
+            for line in stream:
+                sink.append(line)
+                shown = show(line) if show is not None else None
+                if shown:
+                    self.echo(f"      · {shown}")
+
+        pumps = [threading.Thread(target=pump, args=(proc.stdout, lines["out"]), daemon=True),
+                 threading.Thread(target=pump, args=(proc.stderr, lines["err"]), daemon=True)]
+        for t in pumps:
+            t.start()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            for t in pumps:
+                t.join(timeout=10)
+        r = subprocess.CompletedProcess(argv, proc.returncode, "".join(lines["out"]),
+                                        "".join(lines["err"]))
         with open(self.out / "commands.log", "a") as fh:
             fh.write(f"$ {' '.join(argv[2:])}\n-> {r.returncode}\n{r.stdout[-4000:]}"
                      f"{r.stderr[-4000:]}\n")
@@ -252,7 +283,8 @@ class FieldPlan:
         before = self.loop_snapshot()
         r = self.brain("collect", "--teacher", "--daemon", "--episodes",
                        str(self.size.episodes), "--seconds", str(self.size.seconds),
-                       timeout=3600)
+                       timeout=3600,
+                       show=lambda line: line.rstrip() if line.startswith("episode ") else None)
         p.data["collect"] = r.stdout.strip().splitlines()[-1:]
         reports = json.loads(self.brain("episodes", "validate", "--json").stdout)
         ok = [e for e in reports if e.get("status") == "ok"]
@@ -295,7 +327,7 @@ class FieldPlan:
         before = self.loop_snapshot()
         config = Path(__file__).resolve().parent.parent / "etc" / "train" / "pi5-donkey.json"
         r = self.brain("train", "--config", str(config), "--json", "--no-gate",
-                       "--run-id", "fieldplan", timeout=3600)
+                       "--run-id", "fieldplan", timeout=3600, show=_every_100th_step)
         events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
         steps = [e for e in events if "loss" in e and "step" in e]
         p.data["loss"] = [[e["step"], e["loss"]] for e in steps]
@@ -338,7 +370,9 @@ class FieldPlan:
         self.cloud("full-cycle", str(self.out / "export"), "--provider", "local", "--runs",
                    str(self.out / "cloud"), "--config", str(config), "--adapters",
                    str(self.state / "model" / "adapters" / "candidate"), "--key",
-                   str(self.keys / "publisher.key"), "--json", timeout=3600)
+                   str(self.keys / "publisher.key"), "--json", timeout=3600,
+                   show=lambda line: line.rstrip() if "] start" in line or "] FAILED" in line
+                   else None)
         summary = json.loads(next((self.out / "cloud").glob("*/run-summary.json"))
                              .read_text())
         p.data["summary"] = {k: summary.get(k) for k in ("run_id", "status", "provider",
@@ -477,6 +511,18 @@ class FieldPlan:
             except subprocess.TimeoutExpired:
                 self.daemon.kill()
         self.daemon = None
+
+
+def _every_100th_step(line: str) -> str | None:
+    """`brain train --json`'s step events, one in every hundred steps, as a line of text."""
+    try:
+        e = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(e, dict) or "event" in e or "loss" not in e or e.get("step", 1) % 100:
+        return None
+    return (f"step {e['step']}/{e.get('max_steps')}  loss {e['loss']:.5f}  "
+            f"{e.get('steps_per_s', 0):.0f} steps/s")
 
 
 # -- the command ----------------------------------------------------------------------------------

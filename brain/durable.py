@@ -1,4 +1,5 @@
-"""Durable file writes: the one recipe used wherever state changes on disk.
+"""Durable file writes: the one recipe used wherever state changes on disk (and the one file
+hash every integrity check uses, `sha256_file`).
 
 Write a temp file in the same directory, flush, fsync, os.replace over the target, fsync the
 directory. A SIGKILL at any instruction leaves either the old or the new file, never a torn one.
@@ -6,6 +7,7 @@ directory. A SIGKILL at any instruction leaves either the old or the new file, n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -55,3 +57,9 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, mode: int = 0o644,
 def read_json(path: str | os.PathLike[str]) -> Any:
     with open(path, "rb") as fh:
         return json.load(fh)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's contents, read in blocks."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

@@ -18,7 +18,8 @@ import shutil
 import tarfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -620,32 +621,30 @@ class RobotService:
     @command("training.metrics", args=TrainingMetricsArgs, http=("GET", "/training/{id}/metrics"))
     def training_metrics(self, args: TrainingMetricsArgs, caller: Caller) -> dict[str, Any]:
         """A job's loss, validation loss, learning rate and steps/s per logged step."""
-        from brain.train.jobs import JobStore, NoSuchJob
-
-        store = JobStore.reader(self.cfg.layout.train)
-        if store is None:
-            raise NotFound(f"no job {args.id}")
-        try:
-            store.job(args.id)
+        with self._job_store(args.id) as store:
             return {"id": args.id, "metrics": store.metrics(args.id, args.every)}
-        except NoSuchJob as e:
-            raise NotFound(str(e)) from None
-        finally:
-            store.close()
 
     @command("training.logs", args=TrainingLogsArgs, http=("GET", "/training/{id}/logs"))
     def training_logs(self, args: TrainingLogsArgs, caller: Caller) -> dict[str, Any]:
         """A job's log lines after `after`."""
+        with self._job_store(args.id) as store:
+            return {"id": args.id, "logs": store.logs(args.id, args.after)}
+
+    @contextmanager
+    def _job_store(self, job_id: str) -> Iterator[Any]:
+        """The job store, read-only, once `job_id` is known to be in it (NotFound if not)."""
         from brain.train.jobs import JobStore, NoSuchJob
 
         store = JobStore.reader(self.cfg.layout.train)
         if store is None:
-            raise NotFound(f"no job {args.id}")
+            raise NotFound(f"no job {job_id}")
         try:
-            store.job(args.id)
-            return {"id": args.id, "logs": store.logs(args.id, args.after)}
+            store.job(job_id)
         except NoSuchJob as e:
+            store.close()
             raise NotFound(str(e)) from None
+        try:
+            yield store
         finally:
             store.close()
 

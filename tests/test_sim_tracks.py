@@ -115,7 +115,8 @@ def test_lockstep_evaluation_is_identical_run_to_run_and_matches_the_seed_record
         {k: v for k, v in b.items() if k != "wall_s"}
     assert a["ticks"] == 1000 and a["policy_fraction"] > 0.99
     assert a["off_track_events"] == 0 and a["mean_abs_cte"] < 0.02
-    assert a["wall_s"] < 20, "lockstep must run faster than real time"
+    # How much faster than real time lockstep runs is a speed, not a property: `brain collect
+    # --lockstep` prints its loop rate, and bench/train.py measures it beside a baseline.
     direct = evaluate_closed_loop(load_policy_act(), track="oval", seconds=20, seed=1,
                                   max_throttle=0.6)
     assert a["mean_abs_cte"] == pytest.approx(direct["mean_abs_cte"], abs=0.003)

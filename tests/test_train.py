@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from brain.train.data import Quality, Samples, decode_frame, load_dataset
 from brain.train.replay import merge
 from brain.train.resources import Level, ResourceMonitor
 from brain.train.settings import SettingsError, load_settings
+from tests import train_support
 from tests.daemon_support import DaemonProcess
 from tests.episode_factory import noisy_jpeg, write_episode
 from tests.poll import wait_until
@@ -106,19 +106,14 @@ def step_event(e: dict[str, Any]) -> bool:
 def recorded(tmp_path_factory) -> Path:
     """Four 5 s teacher episodes on the chicane, through the real loop and recorder."""
     state = tmp_path_factory.mktemp("recorded") / "state"
-    r = brain(state, "collect", "--teacher", "--episodes", "4", "--seconds", "5",
-              "--lockstep", "--track", "chicane")
+    r = brain(state, *train_support.RECORD)
     assert r.returncode == 0, r.stderr
     return state
 
 
 def copy_state(recorded: Path, tmp_path: Path, settings: dict[str, Any] | None = None
                ) -> tuple[Path, Path]:
-    state = tmp_path / "state"
-    shutil.copytree(recorded, state)
-    config = tmp_path / "train.json"
-    config.write_text(json.dumps({**SMALL, **(settings or {})}))
-    return state, config
+    return train_support.copy_state(recorded, tmp_path, SMALL, settings)
 
 
 def adapter_tensors(candidate: Path) -> dict[str, np.ndarray]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 
 from brain.train.jobs import SCHEMA_VERSION, JobError, JobStore
+from tests import train_support
 from tests.episode_factory import noisy_jpeg, write_episode
 from tests.poll import wait_until
 
@@ -85,19 +85,14 @@ def start_job(state: Path, config: Path, *args: str) -> str:
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory) -> Path:
     state = tmp_path_factory.mktemp("jobs-recorded") / "state"
-    r = brain(state, "collect", "--teacher", "--episodes", "4", "--seconds", "5",
-              "--lockstep", "--track", "chicane")
+    r = brain(state, *train_support.RECORD)
     assert r.returncode == 0, r.stderr
     return state
 
 
 def copy_state(recorded: Path, tmp_path: Path, settings: dict[str, Any] | None = None
                ) -> tuple[Path, Path]:
-    state = tmp_path / "state"
-    shutil.copytree(recorded, state)
-    config = tmp_path / "job.json"
-    config.write_text(json.dumps({**TINY, **(settings or {})}))
-    return state, config
+    return train_support.copy_state(recorded, tmp_path, TINY, settings)
 
 
 # -- the store ---------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from brain import __version__
 from brain.control.model import SPEC_FILE, ModelError, load_spec
-from brain.durable import fsync_dir
+from brain.durable import fsync_dir, sha256_file
 from brain.ota import keys as keyfiles
 from brain.ota.schema import SchemaError, validate_manifest
 
@@ -74,14 +74,6 @@ def version_tuple(text: str) -> tuple[int, int, int]:
     if not m:
         raise ValueError(f"not a version: {text!r}")
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- golden vectors ------------------------------------------------------------------------------

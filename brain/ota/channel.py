@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
-from brain.durable import atomic_write_json, read_json
+from brain.durable import atomic_write_json, read_json, sha256_file
 from brain.ota import keys as keyfiles
 from brain.ota.bundle import BundleError, parse_utc
 from brain.ota.schema import SCHEMA_PATH
@@ -184,7 +184,7 @@ class ChannelFollower:
         path = self.ota.download(urljoin(self.url, bundle["path"]))
         try:
             if path.stat().st_size != bundle["size"] or \
-                    _sha256(path) != bundle["sha256"]:
+                    sha256_file(path) != bundle["sha256"]:
                 raise ChannelError(f"{bid}: the download does not match the channel's size "
                                    "and sha256")
             self.ota.install(path)
@@ -227,10 +227,3 @@ class ChannelFollower:
         except httpx.HTTPError as e:
             log.warning("could not report to %s: %s", url, type(e).__name__)
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()

@@ -12,7 +12,6 @@ tests mean something.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,11 +21,11 @@ from typing import Any
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from brain.durable import sha256_file
 from brain.rlds.schema import IMAGE_FEATURE
 from brain.rlds.tfrecord import RecordReader
 
 MANIFEST = "export_manifest.json"
-HASH_CHUNK = 1 << 20
 
 
 class ExportReadError(ValueError):
@@ -88,14 +87,6 @@ class ExportedEpisode:
         return len(self.actions)
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_manifest(export_dir: Path) -> dict[str, Any]:
     path = Path(export_dir) / MANIFEST
     try:
@@ -130,7 +121,7 @@ def verify_export(export_dir: Path) -> dict[str, Any]:
         size = path.stat().st_size
         if size != entry.get("bytes"):
             raise ExportReadError(f"{path}: {size} bytes, the manifest says {entry.get('bytes')}")
-        if sha256_of(path) != entry.get("sha256"):
+        if sha256_file(path) != entry.get("sha256"):
             raise ExportReadError(f"{path}: sha256 differs from the manifest (damaged or "
                                   "changed after export)")
     for meta in ("features.json", "dataset_info.json"):

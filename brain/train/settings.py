@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -77,13 +77,23 @@ class TrainSettings(_Strict):
     train_while_driving: bool = False
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 class SettingsError(ValueError):
     """The training configuration is malformed; the message names the field and the file."""
 
 
 def load_settings(path: Path | None) -> TrainSettings:
+    return load_config_file(TrainSettings, path)
+
+
+def load_config_file(model: type[M], path: Path | None) -> M:
+    """A JSON configuration file validated by `model` (its defaults when `path` is None);
+    SettingsError names the file and the first bad field. The cloud companion's training
+    configuration is read the same way."""
     if path is None:
-        return TrainSettings()
+        return model()
     try:
         doc = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -91,7 +101,7 @@ def load_settings(path: Path | None) -> TrainSettings:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise SettingsError(f"{path}: not readable JSON ({e})") from None
     try:
-        return TrainSettings.model_validate(doc)
+        return model.model_validate(doc)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ())) or "(top)"

@@ -21,7 +21,6 @@ back to the queue, continuing from the newest checkpoint. Every state change is 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from brain.durable import sha256_file
 from brain.train.jobs import (
     PRIORITIES,
     SLOT,
@@ -60,14 +60,6 @@ BAD_REQUEST_S = 10.0  # a request file that does not read as JSON for this long 
 
 def job_config_dir(cfg: Config) -> Path:
     return cfg.layout.train / "jobs"
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Running:
@@ -391,7 +383,7 @@ class Worker:
         elif kind == "checkpoint":
             path = Path(e["path"])
             if path.is_file():
-                self.store.add_checkpoint(job_id, int(e["step"]), str(path), sha256_of(path))
+                self.store.add_checkpoint(job_id, int(e["step"]), str(path), sha256_file(path))
         elif kind == "paused":
             self.store.update_job(job_id, status="paused", reason="; ".join(e["reasons"]))
             self.store.log(job_id, "warning", f"paused at step {e['step']}: "

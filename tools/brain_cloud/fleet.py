@@ -10,7 +10,6 @@ failures among the robots that tried it reaches the threshold.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from brain.durable import atomic_write_bytes, atomic_write_json, read_json
+from brain.durable import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from brain.ota import keys as keyfiles
 from brain.ota.bundle import utc
 from brain.ota.channel import SIGNATURE_SUFFIX, bucket
-from brain_cloud.push import bundle_id_of
+from brain_cloud.push import PushError, manifest_of
 
 DOC = "channel.json"
 RECORD = "rollout.json"
@@ -35,14 +34,6 @@ FAILED = ("rolled_back", "rejected")
 
 class FleetError(ValueError):
     """A publish or a change to a rollout cannot be done; the message says why."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Rollout:
@@ -83,11 +74,14 @@ class Rollout:
             raise FleetError(f"stages must rise to 100, e.g. 10 25 50 100 (got {stages})")
         if not 0 < threshold <= 1:
             raise FleetError(f"the failure threshold must be in (0, 1], got {threshold}")
-        bid = bundle_id_of(bundle)
-        manifest = json.loads(_first_member(bundle))
+        try:
+            manifest = manifest_of(bundle)
+        except PushError as e:
+            raise FleetError(str(e)) from None
+        bid = str(manifest["bundle_id"])
         dest = self.dir / "bundles" / f"{bid}.bundle"
-        sha = _sha256(bundle)
-        if dest.exists() and _sha256(dest) != sha:
+        sha = sha256_file(bundle)
+        if dest.exists() and sha256_file(dest) != sha:
             raise FleetError(f"{dest.name} is already published with other contents; bundles "
                              "are immutable: publish a new release")
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -216,13 +210,3 @@ class Rollout:
                 "threshold": self.record["threshold"], "halted": self.record["halted"],
                 "robots": robots, "history": self.record["history"][-20:]}
 
-
-def _first_member(bundle: Path) -> bytes:
-    import tarfile
-
-    with tarfile.open(bundle) as tar:
-        member = tar.next()
-        fh = tar.extractfile(member) if member is not None else None
-        if fh is None:
-            raise FleetError(f"{bundle}: not a bundle")
-        return fh.read()

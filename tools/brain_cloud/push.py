@@ -153,17 +153,20 @@ def resolve(which: str, url: str = "") -> dict[str, Any]:
     return entry
 
 
-def bundle_id_of(bundle: Path) -> str:
-    """The bundle id from its manifest (the tar's first member; not verified here: the robot
-    verifies)."""
+def manifest_of(bundle: Path) -> dict[str, Any]:
+    """A bundle's manifest (the tar's first member), read but not verified: the robot
+    verifies. Enough to name and route the bundle."""
     import tarfile
 
     try:
         with tarfile.open(bundle) as tar:
             member = tar.next()
             fh = tar.extractfile(member) if member is not None else None
-            return str(json.loads(fh.read() if fh else b"{}")["bundle_id"])
-    except (OSError, tarfile.TarError, ValueError, KeyError) as e:
+            manifest = json.loads(fh.read() if fh else b"{}")
+        str(manifest["bundle_id"])
+        int(manifest["release"])
+        return dict(manifest)
+    except (OSError, tarfile.TarError, ValueError, KeyError, TypeError) as e:
         raise PushError(f"{bundle}: not a bundle ({e})") from None
 
 
@@ -182,7 +185,7 @@ def trial_outcome(st: dict[str, Any], bundle_id: str) -> str | None:
 def push(bundle: Path, which: str, *, url: str = "", timeout: float = 300.0,
          log: Log = print) -> dict[str, Any]:
     """Upload `bundle` to a paired robot and follow its trial to the end."""
-    bundle_id = bundle_id_of(bundle)
+    bundle_id = str(manifest_of(bundle)["bundle_id"])
     robot = resolve(which, url)
     who = robot["name"] or robot["id"]
     states: list[dict[str, Any]] = []

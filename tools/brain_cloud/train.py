@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from brain.control.model import load_spec
 from brain.durable import atomic_write_bytes, atomic_write_json
@@ -42,6 +42,7 @@ from brain.rlds.reader import iter_episodes, verify_export
 from brain.train import replay as replay_set
 from brain.train.data import Samples, decode_frame, place_of, validation_indices
 from brain.train.model import ARCH
+from brain.train.settings import SettingsError, load_config_file
 from brain.train.trainer import (
     CosineDecay,
     RunPaths,
@@ -82,25 +83,11 @@ class CloudTrainError(RuntimeError):
     """The run cannot start or go on; the message says why."""
 
 
-def load_settings(path: Path | None, overrides: dict[str, Any] | None = None
-                  ) -> CloudTrainSettings:
-    doc: dict[str, Any] = {}
-    if path is not None:
-        try:
-            doc = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise CloudTrainError(f"{path}: no such training configuration") from None
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise CloudTrainError(f"{path}: not readable JSON ({e})") from None
-        if not isinstance(doc, dict):
-            raise CloudTrainError(f"{path}: the configuration must be a JSON object")
-    doc.update(overrides or {})
+def load_settings(path: Path | None) -> CloudTrainSettings:
     try:
-        return CloudTrainSettings.model_validate(doc)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ())) or "(top)"
-        raise CloudTrainError(f"{path or 'settings'}: {where}: {err.get('msg')}") from None
+        return load_config_file(CloudTrainSettings, path)
+    except SettingsError as e:
+        raise CloudTrainError(str(e)) from None
 
 
 @dataclass

@@ -24,7 +24,7 @@ from tests.ota_support import SEED, build, free_port, make_vectors, ota_daemon, 
 from tests.poll import wait_until
 
 pytestmark = pytest.mark.slow
-TOKEN = secrets.token_urlsafe(16)
+TOKEN = secrets.token_hex(16)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,8 @@ class Serve:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         root.mkdir(parents=True, exist_ok=True)
-        self.log = open(root / "serve.log", "wb")
+        self.log_path = root / "serve.log"
+        self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "brain_cloud", "serve", "--root", str(root), "--key",
              str(key), "--port", str(self.port), "--token", TOKEN], env=env(),
@@ -56,7 +57,9 @@ class Serve:
 
     def _up(self) -> bool:
         if self.proc.poll() is not None:
-            raise AssertionError(f"serve exited {self.proc.returncode}")
+            self.log.flush()
+            raise AssertionError(f"serve exited {self.proc.returncode}: "
+                                 f"{self.log_path.read_text(errors='replace')[-3000:]}")
         try:
             return httpx.get(self.url + "/api/status", headers=self.auth,
                              timeout=1).status_code == 200
@@ -291,3 +294,17 @@ def _status_code(url: str) -> int:
                          timeout=1).status_code
     except httpx.TransportError:
         return 0
+
+
+def test_the_generated_admin_token_survives_the_command_line(tmp_path: Path) -> None:
+    """The token serve prints is pasted into `--token X`; argparse takes an argument that starts
+    with '-' for an option, so a generated token must never start with one (with urlsafe base64
+    one in 64 did: CI once failed on exactly that)."""
+    from brain_cloud.cli import build_parser
+    from brain_cloud.serve import ServeConfig
+
+    for _ in range(2000):
+        token = ServeConfig(root=tmp_path, key=tmp_path / "k", public_url="http://x").token
+        args = build_parser().parse_args(["publish", "b.bundle", "--server", "http://x",
+                                          "--token", token])
+        assert args.token == token

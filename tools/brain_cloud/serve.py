@@ -55,7 +55,8 @@ class ServeConfig:
     root: Path
     key: Path
     public_url: str
-    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # hex: a token never starts with "-", which argparse would take for an option (`--token -x`)
+    token: str = field(default_factory=lambda: secrets.token_hex(24))
     cycle_args: list[str] = field(default_factory=list)
     channel_names: list[str] = field(default_factory=lambda: ["stable"])
 

@@ -9,14 +9,14 @@ PIP_INSTALL := $(BIN)/pip install -q -c constraints.txt
 PREFIX ?= /opt/brain
 DESTDIR ?=
 PURGE ?= 0
-SECONDS_BENCH ?= 60
+SECONDS_BENCH ?= 30
 
 .PHONY: run test test-unit test-interop bench lint seed demo install uninstall clean help
 
 help:
 	@echo "make run           the daemon on the simulated robot (http://127.0.0.1:8080/)"
 	@echo "make test          the whole test suite (unit, integration, interop, browser)"
-	@echo "make bench         the performance benchmarks in bench/ (SECONDS_BENCH=$(SECONDS_BENCH))"
+	@echo "make bench         every benchmark in bench/, then one table (SECONDS_BENCH=$(SECONDS_BENCH))"
 	@echo "make demo          the whole field plan on the simulator, with its report (out/)"
 	@echo "make lint          ruff + mypy"
 	@echo "make seed          retrain the seed policy in brain/models/seed (torch)"
@@ -41,12 +41,7 @@ test-interop: $(STAMP)
 	bash tests/interop/run.sh
 
 bench: $(STAMP)
-	$(BIN)/python bench/loop.py --seconds $(SECONDS_BENCH)
-	$(BIN)/python bench/api.py --seconds $(shell expr $(SECONDS_BENCH) / 3)
-	$(BIN)/python bench/record.py --seconds $(SECONDS_BENCH)
-	$(BIN)/python bench/startup.py
-	$(BIN)/python bench/ota.py
-	$(BIN)/python bench/train.py
+	$(BIN)/python bench/all.py --seconds $(SECONDS_BENCH)
 
 demo: $(STAMP)
 	$(BIN)/brain cycle --sim --out out/cycle-$$(date +%Y%m%dT%H%M%S)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.table import Machine, Row, add_rows_argument, finish  # noqa: E402
 from brain.control.histogram import LatencyHistogram  # noqa: E402
 
 
@@ -179,7 +180,7 @@ def with_daemon(args: argparse.Namespace) -> dict:
             **load_res}
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     ap.add_argument("--daemon-cmd", default=f"{sys.executable} -m brain run --sim",
@@ -190,7 +191,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-realtime", action="store_true",
                     help="keep the loop thread SCHED_OTHER (in-process mode)")
+    add_rows_argument(ap)
     args = ap.parse_args()
+    machine = Machine()
     res = in_process(args.seconds, not args.no_realtime) if args.in_process else with_daemon(args)
     b, lo = res["baseline_lateness_ms"]["p99"], res["loaded_lateness_ms"]["p99"]
     res["added_p99_ms"] = round(lo - b, 3)
@@ -201,7 +204,15 @@ def main() -> None:
     else:
         for k, v in res.items():
             print(f"{k:28} {v}")
+    where = "bare loop beside the API" if args.in_process else "the daemon"
+    rows = [
+        Row("api", f"loop lateness p99 under API load ({where})", lo, "ms",
+            "<= baseline + 0.5 ms", lo - b <= 0.5, b, "no clients"),
+        Row("api", f"/status latency p99 at {res['status_rps']:g} req/s beside teleop + MJPEG",
+            res["status_p99_ms"], "ms", "for scale", None),
+    ]
+    return finish(rows, args.rows, machine, sys.stderr if args.json else None)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

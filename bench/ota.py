@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.table import Machine, Row, add_rows_argument, finish  # noqa: E402
 from brain.control.model import SEED_MODEL_DIR  # noqa: E402
 from brain.ota import keys  # noqa: E402
 from brain.ota.bundle import BuildOptions, build_bundle  # noqa: E402
@@ -141,10 +142,12 @@ def main() -> int:
     ap.add_argument("--mb", type=int, default=200)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--swaps", type=int, default=6)
+    add_rows_argument(ap)
     args = ap.parse_args()
+    machine = Machine()
+    rows: list[Row] = []
     print(f"OTA bench: {args.mb} MB bundle, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.2f}")
-    ok = True
     with tempfile.TemporaryDirectory(prefix="bench-ota-", dir=ROOT / "var"
                                      if (ROOT / "var").is_dir() else None) as tmp:
         work = Path(tmp)
@@ -155,12 +158,17 @@ def main() -> int:
         small = make_bundle(work, 1, 3, key)
         r = verify_vs_sha256sum(big, work / "keys" / "bench.pub", args.runs, work)
         good = r["ratio"] >= 0.9 and r["rss_growth_mb"] <= 64
-        ok &= good
         print(f"  verify + stage   {r['verify_stage_s']:.3f} s = {r['verify_stage_mb_s']:6.0f} "
               f"MB/s  (runs {', '.join(f'{x:.3f}' for x in r['runs'])})")
         print(f"  sha256sum        {r['sha256sum_s']:.3f} s = {r['sha256sum_mb_s']:6.0f} MB/s")
         print(f"  ratio {r['ratio']:.2f} of sha256sum's throughput (goal >= 0.90); RSS growth "
               f"{r['rss_growth_mb']:.1f} MB (goal <= 64): {'holds' if good else 'MISSED'}")
+        rows += [
+            Row("ota", f"verify + stage a {args.mb} MB bundle (median of {args.runs})",
+                r["verify_stage_mb_s"], "MB/s", "ratio >= 0.90", r["ratio"] >= 0.9,
+                r["sha256sum_mb_s"], "sha256sum"),
+            Row("ota", "RSS growth while verifying", r["rss_growth_mb"], "MB", "<= 64 MB",
+                r["rss_growth_mb"] <= 64)]
 
         state = work / "state"
         state.mkdir()
@@ -190,12 +198,17 @@ def main() -> int:
                 busy = busy2
             added = busy["p99_ms"] - quiet["p99_ms"]
             good = added <= 0.5 and busy["missed_ticks"] == 0
-            ok &= good
             print(f"  loop p99 lateness: without an install (the same CLI traffic) "
                   f"{quiet['p99_ms']:.3f} ms over {quiet['seconds']:.1f} s; during an install "
                   f"(worse of two) {busy['p99_ms']:.3f} ms over "
                   f"{busy['seconds']:.1f} s (max {busy['max_ms']:.3f}); +{added:.3f} ms "
                   f"(goal <= +0.5); missed ticks {busy['missed_ticks']}; now {busy['model']}")
+            rows += [
+                Row("ota", "loop lateness p99 during an install, policy driving (worse of 2)",
+                    busy["p99_ms"], "ms", "<= baseline + 0.5 ms", added <= 0.5, quiet["p99_ms"],
+                    "the same CLI traffic, no install"),
+                Row("ota", "missed ticks during an install", busy["missed_ticks"], "", "0",
+                    busy["missed_ticks"] == 0)]
 
             def swaps() -> None:
                 for i in range(args.swaps):
@@ -205,14 +218,15 @@ def main() -> int:
                         d.cli("ota", "install", str(small))
             sw = window(d, swaps)
             good = sw["missed_ticks"] == 0
-            ok &= good
             print(f"  {args.swaps} hot swaps at 50 Hz (rollbacks and installs, policy driving):"
                   f" missed ticks {sw['missed_ticks']}, overruns {sw['overruns']}, p99 "
                   f"{sw['p99_ms']:.3f} ms, max {sw['max_ms']:.3f} ms (goal: 0 missed): "
                   f"{'holds' if good else 'MISSED'}")
+            rows.append(Row("ota", f"missed ticks over {args.swaps} hot swaps at 50 Hz",
+                            sw["missed_ticks"], "", "0", good))
         finally:
             d.stop()
-    return 0 if ok else 1
+    return finish(rows, args.rows, machine)
 
 
 if __name__ == "__main__":

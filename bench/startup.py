@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.table import Machine, Row, add_rows_argument, finish  # noqa: E402
 from tests.harness.notify import NotifyListener  # noqa: E402
 
 GOAL_S = 3.0
@@ -58,19 +59,23 @@ def daemon_ready(api: bool) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
+    add_rows_argument(ap)
     args = ap.parse_args()
+    machine = Machine()
     print(f"start-up: {args.runs} runs each, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}")
     base = statistics.median(interpreter_start() for _ in range(args.runs))
     print(f"  baseline python -c pass             {base:6.3f} s")
-    ok = True
+    rows = []
     for api in (False, True):
         t = statistics.median(daemon_ready(api) for _ in range(args.runs))
-        ok &= t <= GOAL_S
         verdict = "holds" if t <= GOAL_S else "MISSED"
         print(f"  brain run --sim to READY=1 {'(API on) ' if api else '(API off)'} {t:6.3f} s"
               f"  ratio {t / base:5.1f}x  goal <= {GOAL_S:g} s: {verdict}")
-    return 0 if ok else 1
+        rows.append(Row("startup", f"exec to READY=1, API {'on' if api else 'off'} (median of "
+                        f"{args.runs})", t, "s", f"<= {GOAL_S:g} s", t <= GOAL_S, base,
+                        "python -c pass"))
+    return finish(rows, args.rows, machine)
 
 
 if __name__ == "__main__":

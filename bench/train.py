@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.table import Machine, Row, add_rows_argument, finish  # noqa: E402
 from brain.control.model import SEED_MODEL_DIR  # noqa: E402
 from brain.control_socket import ControlClient  # noqa: E402
 
@@ -152,12 +153,13 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=300.0,
                     help="seconds of each daemon window (default 300: 5 minutes)")
     ap.add_argument("--state", type=Path, help="reuse the episodes in this state directory")
+    add_rows_argument(ap)
     args = ap.parse_args()
+    machine = Machine()
     cpus = sorted(os.sched_getaffinity(0))
     train_cpu = cpus[-1]
     print(f"training bench: {len(cpus)} CPUs, load average {os.getloadavg()[0]:.2f}; the "
           f"trainer pinned to CPU {train_cpu}")
-    ok = True
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         state = args.state or Path(tmp) / "state"
         if args.state is None:
@@ -166,7 +168,6 @@ def main() -> int:
                   "(lockstep)")
         r = train_once(state, train_cpu)
         good = r["wall_s"] <= 30 and r["peak_rss_mb"] <= 600
-        ok &= good
         print(f"  brain train (300 x 8): {r['wall_s']:.1f} s wall on one CPU (goal <= 30), "
               f"peak RSS {r['peak_rss_mb']:.0f} MB (goal <= 600): "
               f"{'holds' if good else 'MISSED'}")
@@ -180,7 +181,6 @@ def main() -> int:
         quiet, busy, steps = beside_the_daemon(state, args.window)
         added = busy["p99_ms"] - quiet["p99_ms"]
         good = added <= 0.5 and busy["missed"] == 0
-        ok &= good
         print(f"  daemon at 50 Hz, camera on, policy inferring ({quiet['mode']}), "
               f"{args.window:.0f} s windows:")
         print(f"    without the trainer: p99 {quiet['p99_ms']:.3f} ms, max "
@@ -188,7 +188,18 @@ def main() -> int:
         print(f"    with the trainer ({steps} steps trained): p99 {busy['p99_ms']:.3f} ms, max "
               f"{busy['max_ms']:.3f} ms, missed {busy['missed']}; +{added:.3f} ms "
               f"(goal <= +0.5, 0 missed): {'holds' if good else 'MISSED'}")
-    return 0 if ok else 1
+    rows = [
+        Row("train", "brain train, 300 steps x batch 8 on one CPU: wall time", r["wall_s"], "s",
+            "<= 30 s", r["wall_s"] <= 30, r["import_only_s"], "import torch + peft"),
+        Row("train", "brain train: peak RSS", r["peak_rss_mb"], "MB", "<= 600 MB",
+            r["peak_rss_mb"] <= 600, r["import_only_rss_mb"], "import torch + peft"),
+        Row("train", f"loop lateness p99 with the trainer beside it ({args.window:.0f} s)",
+            busy["p99_ms"], "ms", "<= baseline + 0.5 ms", added <= 0.5, quiet["p99_ms"],
+            "no trainer"),
+        Row("train", "missed ticks with the trainer beside it", busy["missed"], "", "0",
+            busy["missed"] == 0),
+    ]
+    return finish(rows, args.rows, machine)
 
 
 if __name__ == "__main__":

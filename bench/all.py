@@ -8,7 +8,7 @@ whether it holds), the machine line and the verdict. Everything is also written 
 --seconds sets the length of the timed windows: loop runs per condition, the live recording
 runs, twice that for the trainer's daemon windows, a third of it for each API phase; the replays
 on the same frames last min(--seconds, 20) s. At the default 30 s the whole suite takes about
-a quarter of an hour on this 2-core machine. Exit status 1 if a goal was missed or a script
+11 minutes on this 2-core machine. Exit status 1 if a goal was missed or a script
 failed.
 
     python bench/all.py [--seconds 30] [--only loop,record] [--out DIR]

@@ -40,23 +40,27 @@ def _loss(report: dict[str, Any], out: Path) -> str | None:
 
 
 def _cte(report: dict[str, Any], out: Path) -> str | None:
+    """|cte| along the lap, seed against deployed, one panel per track (log scale: the seed
+    off the road is metres, the deployed model centimetres). Gaps: stretches never reached."""
     ev = _phase(report, 9)["data"].get("eval")
     if not ev:
         return None
     tracks = list(ev["before"])
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    width = 0.38
-    xs = range(len(tracks))
-    for shift, key, label in ((-width / 2, "before", "seed (before)"),
-                              (width / 2, "after", "deployed (after)")):
-        vals = [ev[key][t]["mean_abs_cte"] * 100 for t in tracks]
-        ax.bar([x + shift for x in xs], vals, width, label=label)
-    ax.set_xticks(list(xs), [f"{t}\n({'new' if i == 0 else 'kept'})"
-                             for i, t in enumerate(tracks)])
-    ax.set_yscale("log")  # the seed off the road (metres) beside centimetres
-    ax.set_ylabel("mean |cross-track error| (cm)")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
+    fig, axes = plt.subplots(1, len(tracks), figsize=(3.6 * len(tracks), 3.2), squeeze=False,
+                             sharey=True)
+    for i, (ax, track) in enumerate(zip(axes[0], tracks, strict=True)):
+        for key, label in (("before", "seed (before)"), ("after", "deployed (after)")):
+            r = ev[key][track]
+            along = r.get("cte_along_track") or []
+            xs = [(k + 0.5) * 100 / max(len(along), 1) for k in range(len(along))]
+            ys = [float("nan") if v is None else v * 100 for v in along]
+            ax.plot(xs, ys, marker=".", label=f"{label}: mean {r['mean_abs_cte'] * 100:.3g} cm")
+        ax.set_title(f"{track} ({'new' if i == 0 else 'kept'})", fontsize=10)
+        ax.set_xlabel("position along the lap (%)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("mean |cross-track error| (cm)")
     return _save(fig, out / "cte.png")
 
 
@@ -108,7 +112,7 @@ def write_html(run_dir: Path, report: dict[str, Any] | None = None) -> Path:
     run_dir = Path(run_dir)
     report = report or json.loads((run_dir / "report.json").read_text())
     plots = [(title, fn(report, run_dir)) for title, fn in (
-        ("Training loss", _loss), ("Cross-track error before and after", _cte),
+        ("Training loss", _loss), ("Cross-track error along the track, before and after", _cte),
         ("Control loop lateness per phase", _lateness), ("OTA state timeline", _timeline))]
     esc = html.escape
     rows = []

@@ -115,6 +115,12 @@ def test_lockstep_evaluation_is_identical_run_to_run_and_matches_the_seed_record
         {k: v for k, v in b.items() if k != "wall_s"}
     assert a["ticks"] == 1000 and a["policy_fraction"] > 0.99
     assert a["off_track_events"] == 0 and a["mean_abs_cte"] < 0.02
+    # |cte| along the lap: every stretch reached (more than a lap in 20 s), each stretch's mean
+    # within the run's range, and the stretches together average out to the run's mean
+    along = a["cte_along_track"]
+    assert a["laps"] > 1 and len(along) == 50 and None not in along
+    assert 0 <= min(along) and max(along) <= a["max_abs_cte"]
+    assert min(along) <= a["mean_abs_cte"] <= max(along)
     # How much faster than real time lockstep runs is a speed, not a property: `brain collect
     # --lockstep` prints its loop rate, and bench/train.py measures it beside a baseline.
     direct = evaluate_closed_loop(load_policy_act(), track="oval", seconds=20, seed=1,

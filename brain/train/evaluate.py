@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SECONDS = 40.0
 EVAL_SEED = 1  # the start-pose noise of every evaluation (the seed's figures use it too)
 STALL_S = 120.0  # the least wall time a run may take before it is declared stuck
+PROFILE_BINS = 50  # cte_along_track: the lap in 50 stretches of equal length
 
 
 class EvalError(RuntimeError):
@@ -60,6 +61,9 @@ class _Tally:
     was_off: bool = False
     laps: float = 0.0
     policy_ticks: int = 0
+    # |cte| by where the car is along the lap (PROFILE_BINS equal lengths from the start line)
+    along_sum: list[float] = field(default_factory=lambda: [0.0] * PROFILE_BINS)
+    along_n: list[int] = field(default_factory=lambda: [0] * PROFILE_BINS)
 
     def sink(self, obs: Observation, action: Action, source: str) -> None:
         info = obs.info or {}
@@ -72,6 +76,14 @@ class _Tally:
         self.was_off = off
         self.laps = float(info.get("progress_laps", 0.0))
         self.policy_ticks += source == "policy"
+        where = int((self.laps % 1.0) * PROFILE_BINS) % PROFILE_BINS
+        self.along_sum[where] += self.abs_cte[-1]
+        self.along_n[where] += 1
+
+    def along_track(self) -> list[float | None]:
+        """Mean |cte| per stretch of the lap; None where the car never got to."""
+        return [round(s / n, 5) if n else None
+                for s, n in zip(self.along_sum, self.along_n, strict=True)]
 
 
 def drive(model_dir: Path, *, track: str | None = None, track_file: str | None = None,
@@ -135,7 +147,8 @@ def drive(model_dir: Path, *, track: str | None = None, track_file: str | None =
             "max_abs_cte": round(max(tally.abs_cte), 5),
             "off_track_events": tally.off_events,
             "off_track_fraction": round(tally.off_ticks / ticks, 5),
-            "laps": round(tally.laps, 4), "policy_fraction": round(tally.policy_ticks / ticks, 4),
+            "laps": round(tally.laps, 4), "cte_along_track": tally.along_track(),
+            "policy_fraction": round(tally.policy_ticks / ticks, 4),
             "road_width_m": world.track.width, "wall_s": round(wall, 2), "final_mode": mode,
             "seed": seed}
 

@@ -704,8 +704,20 @@ class RobotService:
 
     @command("pair")
     def pair_code(self, args: Args, caller: Caller) -> dict[str, Any]:
-        """A fresh 6-digit pairing code."""
-        return self._pairing().new_code()
+        """A fresh 6-digit pairing code, with the TLS certificate's SHA-256 fingerprint a
+        companion pairing by URL (no mDNS) pins (None with api.tls off)."""
+        code = self._pairing().new_code()
+        return {**code, "tls_fingerprint": self._tls_fingerprint()}
+
+    def _tls_fingerprint(self) -> str | None:
+        if not self.cfg.api.tls:
+            return None
+        from brain.api.tls import CERT_NAME, fingerprint_pem
+
+        try:
+            return fingerprint_pem((self.cfg.layout.api / CERT_NAME).read_bytes())
+        except (OSError, ValueError):
+            return None  # the API has not written its certificate (yet)
 
     @command("pair.list")
     def pair_list(self, args: Args, caller: Caller) -> list[dict[str, Any]]:

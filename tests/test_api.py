@@ -182,3 +182,18 @@ def test_deadman_link_loss_goes_neutral_within_250ms(tmp_path, how):
         assert svc.log[-1][1] == why, svc.log[-3:]
         if how == "disconnect":
             assert t_neutral - last_cmd < 0.2, "a closed link is released at once"
+
+
+def test_query_strings_are_parsed_as_text_within_the_commands_limits(api):
+    """GET arguments arrive as text: `?histogram=true` is the bool true (it was refused with
+    422 while the query took the command's strict model as it was), and whatever the command's
+    model forbids is still refused."""
+    _server, _svc, c = api
+    r = c.get("/api/v1/status", params={"histogram": "true"})
+    assert r.status_code == 200, r.text
+    assert "histogram" in r.json()
+    assert "histogram" not in c.get("/api/v1/status", params={"histogram": "false"}).json()
+    for bad in ("maybe", "2", "nan"):
+        r = c.get("/api/v1/status", params={"histogram": bad})
+        assert r.status_code == 422 and "histogram" in r.text, (bad, r.text)
+    assert c.get("/api/v1/status", params={"verbose": "1"}).status_code == 422

@@ -96,9 +96,15 @@ def paired_robot(tmp_path: Path, publisher: dict[str, Path]
     try:
         d.wait_ready()
         wait_until(lambda: _up(url), what="the API")
-        fp = fingerprint_pem((tmp_path / "robot" / "api" / "tls-cert.pem").read_bytes())
-        code = json.loads(d.cli("pair", "--json").stdout)["code"]
-        cloud("pair", "cloud-car", "--code", code, "--url", url, "--fingerprint", fp, **config)
+        # `brain pair` gives the fingerprint to pin beside the code (what a user pairing by
+        # URL, without mDNS, reads off the robot); it is the served certificate's
+        served = fingerprint_pem((tmp_path / "robot" / "api" / "tls-cert.pem").read_bytes())
+        assert f"TLS fingerprint {served}" in d.cli("pair").stdout
+        paired = json.loads(d.cli("pair", "--json").stdout)  # a new code replaces that one
+        fp = paired["tls_fingerprint"]
+        assert fp == served
+        cloud("pair", "cloud-car", "--code", paired["code"], "--url", url, "--fingerprint", fp,
+              **config)
         yield d, url, config
     finally:
         assert d.stop() == 0, d.log()

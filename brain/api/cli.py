@@ -63,6 +63,8 @@ def cmd_pair(args: argparse.Namespace, client: ControlClient) -> int:
         print(f"revoked {result['revoked']}")
     else:
         print(f"pairing code {result['code']} (valid until {_when(result['expires'])})")
+        if result.get("tls_fingerprint"):
+            print(f"TLS fingerprint {result['tls_fingerprint']} (what a companion pins)")
     return 0
 
 

@@ -9,6 +9,7 @@ written here: a new command appears on the API by declaring its binding where it
 
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 from typing import Annotated, Any
@@ -16,6 +17,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import create_model
+from pydantic.fields import FieldInfo
+from pydantic.types import Strict
 
 from brain.api.auth import require_client
 from brain.commands import ERRORS, Caller, Command, CommandTable
@@ -38,6 +41,16 @@ def command_router(table: CommandTable) -> APIRouter:
     return router
 
 
+def _from_text(f: FieldInfo) -> FieldInfo:
+    """A command's field for a query string. Strict fields refuse `"true"` for a bool and
+    `"5"` for a number, and every query value is text, so strictness goes; every limit stays
+    (ranges, NaN/Inf refused, unknown keys). The command validates the parsed values again
+    with its own strict model."""
+    lax = copy.copy(f)
+    lax.metadata = [m for m in f.metadata if not isinstance(m, Strict)]
+    return lax
+
+
 def _endpoint(table: CommandTable, cmd: Command) -> Any:
     assert cmd.http is not None
     method, path = cmd.http
@@ -51,8 +64,9 @@ def _endpoint(table: CommandTable, cmd: Command) -> Any:
     if body_fields:
         optional = all(not f.is_required() for f in body_fields.values())
         model: Any = cmd.args
-        if path_names and method == "GET":  # the query string holds all but the path's fields
-            fields: dict[str, Any] = {n: (f.annotation, f) for n, f in body_fields.items()}
+        if method == "GET":  # the query string holds all but the path's fields, as text
+            fields: dict[str, Any] = {n: (f.annotation, _from_text(f))
+                                      for n, f in body_fields.items()}
             model = create_model(f"{cmd.args.__name__}Query", __config__=cmd.args.model_config,
                                  **fields)
         annotation: Any = Annotated[model, Query()] if method == "GET" else cmd.args

@@ -150,24 +150,29 @@ def _combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _child(record: bool, seconds: float, state_dir: str, episodes: int, q: Any) -> None:
+def _call(q: Any, fn: Any, *args: Any) -> None:
     try:
-        q.put(run_once(record, seconds, state_dir, episodes))
+        q.put(fn(*args))
     except BaseException as e:  # report it to the parent instead of hanging it
         q.put({"error": f"{type(e).__name__}: {e}"})
         raise
 
 
-def measure(record: bool, seconds: float, state_dir: str, episodes: int = 1) -> dict[str, Any]:
-    # A fresh process per run: no threads, GC state or caches carried from one run to the next.
+def in_child(fn: Any, args: tuple[Any, ...], timeout: float) -> dict[str, Any]:
+    """`fn(*args)` in a fresh process: no threads, GC state or caches carried from one run to
+    the next."""
     q: Any = mp.Queue()
-    p = mp.Process(target=_child, args=(record, seconds, state_dir, episodes, q))
+    p = mp.Process(target=_call, args=(q, fn, *args))
     p.start()
-    result = q.get(timeout=seconds + 120)
+    result = q.get(timeout=timeout)
     p.join(30)
     if "error" in result:
         raise SystemExit(f"bench/record.py: run failed: {result['error']}")
-    return result
+    return dict(result)
+
+
+def measure(record: bool, seconds: float, state_dir: str, episodes: int = 1) -> dict[str, Any]:
+    return in_child(run_once, (record, seconds, state_dir, episodes), seconds + 120)
 
 
 # -- the same frames for the recorder and the tub ---------------------------------------------
@@ -310,44 +315,17 @@ def replay_once(kind: str, seconds: float, capture_dir: str, out_dir: str) -> di
             "steps": summary.get("steps", summary.get("records", 0))}
 
 
-def _replay_child(kind: str, seconds: float, capture_dir: str, out_dir: str, q: Any) -> None:
-    try:
-        q.put(replay_once(kind, seconds, capture_dir, out_dir))
-    except BaseException as e:
-        q.put({"error": f"{type(e).__name__}: {e}"})
-        raise
-
-
-def _in_child(target: Any, args: tuple[Any, ...], timeout: float) -> dict[str, Any]:
-    q: Any = mp.Queue()
-    p = mp.Process(target=target, args=(*args, q))
-    p.start()
-    result = q.get(timeout=timeout)
-    p.join(30)
-    if "error" in result:
-        raise SystemExit(f"bench/record.py: run failed: {result['error']}")
-    return dict(result)
-
-
-def _capture_child(n_frames: int, state_dir: str, out: str, q: Any) -> None:
-    try:
-        q.put(capture(n_frames, state_dir, out))
-    except BaseException as e:
-        q.put({"error": f"{type(e).__name__}: {e}"})
-        raise
-
-
 def against_tub(scratch: Path, n_frames: int, seconds: float, rounds: int) -> dict[str, Any]:
     cap_dir = scratch / "capture"
     cap_dir.mkdir()
-    cap = _in_child(_capture_child, (n_frames, str(scratch / "capture-state"), str(cap_dir)),
-                    n_frames / 10 + 120)
+    cap = in_child(capture, (n_frames, str(scratch / "capture-state"), str(cap_dir)),
+                   n_frames / 10 + 120)
     runs: dict[str, list[dict[str, Any]]] = {"recorder": [], "tub": []}
     for r in range(rounds):
         for kind in ("recorder", "tub"):  # interleaved: this machine is shared and noisy
             out = scratch / f"replay-{kind}-{r}"
-            runs[kind].append(_in_child(_replay_child, (kind, seconds, str(cap_dir), str(out)),
-                                        seconds + 120))
+            runs[kind].append(in_child(replay_once, (kind, seconds, str(cap_dir), str(out)),
+                                       seconds + 120))
             shutil.rmtree(out)
     shutil.rmtree(cap_dir)
     return {"capture": cap, **runs}

@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from brain.durable import atomic_write_json
+from brain.train.settings import Gate as LearningGoal
 
 NEW_TRACK = "chicane"  # the seed leaves the road here (docs/training.md)
 OLD_TRACK = "oval"  # the seed's home track: must still be driven after learning
 SKEW_LIMIT_MS = 5.0
-EVAL_TARGET_CTE_M = 0.03
-KEEP_RATIO = 1.25
 BUNDLE_SIZE_LIMIT = 64 << 20
 LATENESS_BUDGET_MS = 5.0
 
@@ -384,8 +383,9 @@ class FieldPlan:
         self.bundle = bundle
         evals = self._eval(str(bundle), [NEW_TRACK])
         cte = evals[NEW_TRACK]["mean_abs_cte"]
+        goal = LearningGoal()  # the promotion gate's own thresholds and rule
         p.gates.append(Gate(f"eval on {NEW_TRACK}: mean |cte|", f"{cte:.4f} m",
-                            f"≤ {EVAL_TARGET_CTE_M} m", cte <= EVAL_TARGET_CTE_M))
+                            f"≤ {goal.target_max_mean_cte} m", cte <= goal.target_max_mean_cte))
         p.gates.append(Gate("machine terminated, summary written", summary["terminated"],
                             True, summary["terminated"] is True))
         size = bundle.stat().st_size
@@ -456,11 +456,13 @@ class FieldPlan:
         p.data["eval"] = {"before": before, "after": after}
         new_b, new_a = (before[NEW_TRACK]["mean_abs_cte"], after[NEW_TRACK]["mean_abs_cte"])
         old_b, old_a = (before[OLD_TRACK]["mean_abs_cte"], after[OLD_TRACK]["mean_abs_cte"])
+        goal = LearningGoal()  # the promotion gate's own thresholds and rule
         p.gates.append(Gate(f"{NEW_TRACK} (new): mean |cte|", f"{new_b:.4f} → {new_a:.4f} m",
-                            f"≤ {EVAL_TARGET_CTE_M} m", new_a <= EVAL_TARGET_CTE_M))
+                            f"≤ {goal.target_max_mean_cte} m",
+                            new_a <= goal.target_max_mean_cte))
         p.gates.append(Gate(f"{OLD_TRACK} (kept): mean |cte|", f"{old_b:.4f} → {old_a:.4f} m",
-                            f"≤ max({KEEP_RATIO}× before, 0.015 m)",
-                            old_a <= max(KEEP_RATIO * old_b, 0.015)))
+                            f"≤ {goal.kept_limit(old_b):.4f} m ({goal.keep_max_ratio}× before)",
+                            old_a <= goal.kept_limit(old_b)))
         # A short teleop and autonomous run, recorded.
         self.brain("mode", "manual")
         self.brain("episodes", "start")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from brain.control.model import SEED_MODEL_DIR
 from brain.control.policy import downscale
 from brain.rlds.store import list_episodes, load_episode
 from brain.train.data import Quality, Samples, decode_frame, load_dataset
-from brain.train.replay import merge
+from brain.train.replay import balanced_indices, merge
 from brain.train.resources import Level, ResourceMonitor
 from brain.train.settings import SettingsError, load_settings
 from tests import train_support
@@ -228,6 +229,38 @@ def test_the_rehearsal_set_is_balanced_over_places() -> None:
         merge(old, samples("chicane", 10), 300, seed=0).places
 
 
+def test_rehearsal_draws_are_balanced_over_places_whatever_their_counts() -> None:
+    places = ["oval"] * 300 + ["figure-s"] * 20 + ["chicane"] * 100
+    rng = np.random.default_rng(0)
+    drawn = [places[i] for step in range(300)
+             for i in balanced_indices(places, 4, step, rng).tolist()]
+    assert {p: drawn.count(p) for p in set(drawn)} == {"oval": 400, "figure-s": 400,
+                                                       "chicane": 400}
+    # The same step and generator state draw the same samples (what resume relies on).
+    assert balanced_indices(places, 4, 7, np.random.default_rng(5)).tolist() == \
+        balanced_indices(places, 4, 7, np.random.default_rng(5)).tolist()
+
+
+def test_the_learning_goal_is_one_rule() -> None:
+    """The thresholds the gate, the field plan, the tests and the bench share (Gate)."""
+    gate = load_settings(ROOT / "etc" / "train" / "pi5-donkey.json").gate
+    assert (gate.target_max_mean_cte, gate.keep_max_ratio) == (0.02, 1.10)
+
+    def drive(cte: float, off: int = 0) -> dict[str, Any]:
+        return {"mean_abs_cte": cte, "off_track_events": off}
+
+    assert gate.target_ok(drive(0.02)) and not gate.target_ok(drive(0.0201))
+    assert not gate.target_ok(drive(0.005, off=1))
+    # Over 1 cm: the ratio alone.
+    assert gate.kept_ok(drive(0.0131), drive(0.0120)) and \
+        not gate.kept_ok(drive(0.0133), drive(0.0120))
+    # Under 1 cm: +2 mm always allowed, though that is far over 1.10x.
+    assert gate.kept_limit(0.004) == pytest.approx(0.006)
+    assert gate.kept_ok(drive(0.0059), drive(0.004)) and \
+        not gate.kept_ok(drive(0.0061), drive(0.004))
+    assert not gate.kept_ok(drive(0.001, off=1), drive(0.004))
+
+
 # -- the run and its outputs ---------------------------------------------------------------------
 
 def test_a_run_writes_the_candidate_as_peft_and_the_field_plan_name_it(trained) -> None:
@@ -287,6 +320,32 @@ def test_sigkill_then_resume_ends_bit_for_bit_equal(recorded, trained, tmp_path:
     ref = json.loads((trained / "model/adapters/candidate/metrics.json").read_text())["history"]
     assert [(h["step"], h["loss"], h.get("val_loss")) for h in hist] == \
         [(h["step"], h["loss"], h.get("val_loss")) for h in ref]
+
+
+def test_the_same_drive_under_other_ids_gives_the_same_adapter(recorded, trained,
+                                                                tmp_path: Path) -> None:
+    """The data's order comes from its content, not from episode ids: the same teacher drive
+    recorded again (lockstep: the same frames and actions), its episodes renamed so that their
+    ids sort the other way round, trains to the same adapter bit for bit."""
+    state, config = copy_state(recorded, tmp_path)
+    episodes = state / "rlds" / "episodes"
+    shutil.rmtree(episodes)
+    r = brain(state, *train_support.RECORD)
+    assert r.returncode == 0, r.stderr
+    again = [e["id"] for e in list_episodes(episodes)]
+    assert not set(again) & {e["id"] for e in list_episodes(recorded / "rlds" / "episodes")}
+    for k, eid in enumerate(again):  # the last recorded now sorts first
+        renamed = f"renamed-{len(again) - k:02d}"
+        (episodes / eid).rename(episodes / renamed)
+        meta_file = episodes / renamed / "episode.json"
+        meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "id": renamed}))
+    r = brain(state, "train", "--config", str(config), "--no-gate", "--json")
+    assert r.returncode == 0, r.stderr
+    ours = adapter_tensors(state / "model" / "adapters" / "candidate")
+    reference = adapter_tensors(trained / "model" / "adapters" / "candidate")
+    assert ours.keys() == reference.keys()
+    for key in ours:
+        assert np.array_equal(ours[key], reference[key]), key
 
 
 def test_sigterm_writes_an_emergency_checkpoint_and_exits_0(recorded, tmp_path: Path) -> None:

@@ -4,7 +4,13 @@ drive, without forgetting the ones it can, and promotes what it learnt through O
 Each case is what a user runs: 16 teacher episodes of 15 s (`brain collect --lockstep`), then
 `brain train --config etc/train/pi5-donkey.json` (300 steps x batch 8, LoRA, rehearsal), whose
 gate drives the candidate and the active policy 40 s closed loop on every track concerned. The
-figures are printed (pytest -s) before and after for each track.
+figures are printed (pytest -s) before and after for each track, with each one's margin to its
+bound.
+
+Deterministic on purpose: lockstep collections with the simulator's default seed and the
+config's training seed, so each case gives the same figures on every run on a machine. These are
+single points; the spread over training seeds and collections (worst case, median) is
+measured by `python bench/train.py --parts learning`, not here (docs/training.md).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from brain.train.settings import load_settings
 from tests.daemon_support import DaemonProcess
 
 pytestmark = pytest.mark.slow
@@ -26,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "etc" / "train" / "pi5-donkey.json"
 GARAGE = ROOT / "etc" / "tracks" / "garage.toml"
 KEPT = ("oval", "rounded-square", "figure-s")  # built-in tracks the seed drives
+GATE = load_settings(CONFIG).gate  # the one rule: thresholds and how they apply
 
 
 def brain(state: Path, *args: str, timeout: float = 600, **env: str
@@ -53,29 +61,32 @@ def train(state: Path, *args: str, **env: str) -> tuple[dict[str, Any], list[dic
 
 
 def print_report(report: dict[str, Any]) -> None:
+    """The figures and, for each, how far it is from its bound (the margin)."""
     print(f"\n{report['candidate']} vs {report['active']}: "
           f"{'passed' if report['passed'] else 'REFUSED'}")
     for kind in ("target", "kept"):
         for place, r in report["checks"][kind].items():
             a, c = r["active"], r["candidate"]
+            bound = GATE.target_max_mean_cte if kind == "target" else \
+                GATE.kept_limit(a["mean_abs_cte"])
             print(f"  {kind:<6} {place:<15} mean|cte| {a['mean_abs_cte']:.4f} -> "
-                  f"{c['mean_abs_cte']:.4f} m   off-track {a['off_track_events']} -> "
-                  f"{c['off_track_events']}   laps {a['laps']:.2f} -> {c['laps']:.2f}")
+                  f"{c['mean_abs_cte']:.4f} m (bound {bound:.4f}, margin "
+                  f"{1 - c['mean_abs_cte'] / bound:+.0%})   off-track "
+                  f"{a['off_track_events']} -> {c['off_track_events']}")
     for reason in report["reasons"]:
         print(f"  refused: {reason}")
 
 
 def assert_adapted_without_forgetting(report: dict[str, Any], target: str) -> None:
-    """The Done-when figures: the new track with no off-track event and mean |cte| <= 0.03 m;
-    every built-in track the seed drives with no off-track event and within 25 % of the
-    seed's mean |cte| (the active policy is the seed here)."""
+    """The learning goal (brain.train.settings.Gate, the gate's own rule): the new track with
+    no off-track event and mean |cte| within the target bound; every built-in track the seed
+    drives with no off-track event and within the kept limit of the active policy's."""
     t = report["checks"]["target"][target]["candidate"]
-    assert t["off_track_events"] == 0 and t["mean_abs_cte"] <= 0.03, t
-    assert t["seconds"] == 40.0
+    assert GATE.target_ok(t), t
+    assert t["seconds"] == GATE.eval_seconds
     for place in KEPT:
         r = report["checks"]["kept"][place]
-        assert r["candidate"]["off_track_events"] == 0, (place, r)
-        assert r["candidate"]["mean_abs_cte"] <= 1.25 * r["active"]["mean_abs_cte"], (place, r)
+        assert GATE.kept_ok(r["candidate"], r["active"]), (place, r)
     assert report["passed"], report["reasons"]
 
 
@@ -138,7 +149,7 @@ def test_adapt_promote_adapt_promote_on_a_running_daemon(tmp_path: Path) -> None
             result = json.loads(line)
             print(f"  final  {result['track']:<15} mean|cte| {result['mean_abs_cte']:.4f} m  "
                   f"off-track {result['off_track_events']}")
-            assert result["off_track_events"] == 0 and result["mean_abs_cte"] <= 0.03, result
+            assert GATE.target_ok(result), result
 
         strict = tmp_path / "strict.json"
         strict.write_text(json.dumps({**json.loads(CONFIG.read_text()),

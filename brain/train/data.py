@@ -5,6 +5,13 @@ left out and reported. From the rest, one sample per camera frame: the image at 
 input size and the action applied at the tick that first used it. The split into training and
 validation is by episode, so no frame of a validation episode is trained on.
 
+Everything about the data's order is derived from its content, never from episode ids (which
+hold the wall time and a random suffix), directory order or timestamps: the usable episodes are
+ordered by a digest of what is trained on (`content_digest`: the actions and JPEG bytes of the
+frames used), and the split, the training order and the rehearsal samples follow from that order
+and the seed. The same episodes recorded twice under other ids give the same adapter, bit for
+bit (tests/test_train.py).
+
 Pre-processing: the runtime shrinks a camera frame to the model's input by area-averaging
 (`brain.control.policy.downscale`: 640x480 -> 80x60 is three 2x2 halvings, i.e. the mean of
 each 8x8 block). Recorded frames are JPEGs, and libjpeg-turbo can decode one straight to 1/8
@@ -16,7 +23,9 @@ own pre-processing, is what shows the difference does not matter (docs in brain/
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,8 +127,9 @@ def judge(report: dict[str, Any], meta: dict[str, Any], actions: np.ndarray,
 
 def judge_episode(episodes_dir: Path, episode_id: str, quality: Quality
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """({"id", "used", "why", "frames"}, the episode's metadata): whether it is good to train
-    on, and if not why (also what the continuous-learning trigger counts)."""
+    """({"id", "used", "why", "frames", "digest"}, the episode's metadata): whether it is good
+    to train on, and if not why (also what the continuous-learning trigger counts); a used
+    episode's `digest` is its `content_digest`."""
     try:
         ep = load_episode(episodes_dir, episode_id)
         report = validate_episode(episodes_dir, episode_id, ep)
@@ -128,8 +138,27 @@ def judge_episode(episodes_dir: Path, episode_id: str, quality: Quality
     actions = _actions(ep) if not ep.log_error else np.zeros((0, 2), np.float32)
     meta = ep.meta.get("metadata", {})
     why = judge(report, meta, actions, quality)
-    return ({"id": episode_id, "used": why is None, "why": why or "ok",
-             "frames": len(actions)}, meta)
+    verdict = {"id": episode_id, "used": why is None, "why": why or "ok", "frames": len(actions)}
+    if why is None:
+        verdict["digest"] = content_digest(ep)
+    return verdict, meta
+
+
+def content_digest(ep: Any) -> str:
+    """What orders an episode among the others: `digest_of` the frames it trains on."""
+    new = _new_frames(ep)
+    return digest_of(ep.columns.array("action", np.float32)[new],
+                     (ep.frames[f].jpeg for f in ep.columns.array("frame")[new].tolist()))
+
+
+def digest_of(actions: np.ndarray, jpegs: Iterable[bytes | memoryview]) -> str:
+    """SHA-256 of what training takes from an episode: its (steering, throttle) per frame used
+    and those frames' JPEG bytes, in step order; not its id, timestamps or metadata. The cloud
+    companion orders an export's episodes by the same digest."""
+    h = hashlib.sha256(np.ascontiguousarray(actions[:, :2], np.float32).tobytes())
+    for jpeg in jpegs:
+        h.update(jpeg)
+    return h.hexdigest()
 
 
 def load_dataset(episodes_dir: Path, width: int, height: int, *,
@@ -140,12 +169,13 @@ def load_dataset(episodes_dir: Path, width: int, height: int, *,
     quality = quality or Quality()
     ids = episode_ids or [e["id"] for e in list_episodes(episodes_dir)]
     verdicts: list[dict[str, Any]] = []
-    good: list[tuple[str, int, dict[str, Any]]] = []  # id, frames, metadata
+    used: list[tuple[str, str, int, dict[str, Any]]] = []  # digest, id, frames, metadata
     for eid in sorted(ids):
         verdict, meta = judge_episode(episodes_dir, eid, quality)
         verdicts.append(verdict)
         if verdict["used"]:
-            good.append((eid, verdict["frames"], meta))
+            used.append((verdict["digest"], eid, verdict["frames"], meta))
+    good = [(eid, n, meta) for _, eid, n, meta in sorted(used, key=lambda u: u[:2])]
     val_idx = validation_indices(len(good), val_fraction)
     train = [g for i, g in enumerate(good) if i not in val_idx]
     val = [g for i, g in enumerate(good) if i in val_idx]
@@ -161,8 +191,9 @@ def load_dataset(episodes_dir: Path, width: int, height: int, *,
 
 
 def validation_indices(episodes: int, val_fraction: float) -> set[int]:
-    """Which of `episodes` (in sorted order) validate: every k-th, spread over the recording
-    and the same on every run (shared with the cloud companion's trainer)."""
+    """Which of `episodes` validate: every k-th of them in the order given (content order
+    here: a choice that looks random but is the same for the same episodes), shared with the
+    cloud companion's trainer."""
     if episodes < 2 or val_fraction <= 0:
         return set()
     n_val = max(1, round(episodes * val_fraction))

@@ -153,11 +153,6 @@ def drive(model_dir: Path, *, track: str | None = None, track_file: str | None =
             "seed": seed}
 
 
-def passes(result: dict[str, Any], max_mean_cte: float) -> bool:
-    """No off-track event and mean |cte| within `max_mean_cte`."""
-    return result["off_track_events"] == 0 and result["mean_abs_cte"] <= max_mean_cte
-
-
 def summary_line(r: dict[str, Any]) -> str:
     return (f"{r['track']:<16} mean|cte| {r['mean_abs_cte']:.4f} m  max {r['max_abs_cte']:.3f} m"
             f"  off-track {r['off_track_events']} ({r['off_track_fraction'] * 100:.1f} %)"

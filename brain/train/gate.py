@@ -13,8 +13,9 @@ figures go into `report.json` beside the candidate, with a short summary in `rep
             on: no off-track event and mean |cte| <= `gate.target_max_mean_cte` (places recorded
             on a real robot cannot be driven here; they rely on 3);
 5. kept     on every place the active policy was trained on or carries in its rehearsal set:
-            no off-track event and mean |cte| within `gate.keep_max_ratio` of the active
-            policy's (or below `gate.keep_min_mean_cte`, the noise floor).
+            no off-track event and mean |cte| within `Gate.kept_limit` of the active policy's
+            (`gate.keep_max_ratio` times it, or + `gate.keep_floor_m` where it is already under
+            `gate.keep_floor_below_m`).
 
 A candidate that passes is signed with the robot's own key as a bundle (origin `device`) and, if
 `ota.allow_local_promotion` is on, installed through the running daemon's OTA path (trial, then
@@ -178,7 +179,7 @@ def run_gate(settings: TrainSettings, candidate_dir: Path, active_dir: Path, *,
     results = iter(cache.drive_all(jobs, g.eval_seconds, cfg, g.eval_workers))
     for place, _src in places.items():
         cand, act = next(results), next(results)
-        ok = evaluate.passes(cand, g.target_max_mean_cte)
+        ok = g.target_ok(cand)
         checks["target"][place] = {"candidate": cand, "active": act, "ok": ok}
         if not ok:
             reasons.append(f"target {place}: mean |cte| {cand['mean_abs_cte']:.4f} m "
@@ -187,14 +188,14 @@ def run_gate(settings: TrainSettings, candidate_dir: Path, active_dir: Path, *,
     for place, _src in kept.items():
         cand, act = next(results), next(results)
         ratio = cand["mean_abs_cte"] / max(act["mean_abs_cte"], 1e-9)
-        ok = cand["off_track_events"] == 0 and (
-            ratio <= g.keep_max_ratio or cand["mean_abs_cte"] <= g.keep_min_mean_cte)
+        limit = g.kept_limit(act["mean_abs_cte"])
+        ok = g.kept_ok(cand, act)
         checks["kept"][place] = {"candidate": cand, "active": act, "ratio": round(ratio, 3),
-                                 "ok": ok}
+                                 "limit": round(limit, 5), "ok": ok}
         if not ok:
             reasons.append(f"kept {place}: mean |cte| {cand['mean_abs_cte']:.4f} m vs the "
-                           f"active {act['mean_abs_cte']:.4f} m (x{ratio:.2f}, limit "
-                           f"x{g.keep_max_ratio}), {cand['off_track_events']} off-track events")
+                           f"active {act['mean_abs_cte']:.4f} m (x{ratio:.2f}; limit "
+                           f"{limit:.4f} m), {cand['off_track_events']} off-track events")
     if not places:
         report["notes"] = ["no place the simulator can drive was trained on: the target "
                            "check rests on the validation loss"]

@@ -8,6 +8,9 @@ drawn from the tracks the seed drives, every one of them kept its line. A set on
 places it holds, so each candidate writes a new set: the old one plus samples from the places it
 was trained on, balanced per place, at most `size` samples.
 
+In every batch the rehearsal samples are spread evenly over the set's places
+(`balanced_indices`), whatever each place's count in the set.
+
 File: `replay.npz` in the model directory (named by `policy.json`'s `replay`): `jpeg` (the
 images as JPEGs at the model's input size, concatenated), `offsets` (N + 1), `actions` (N x 2
 float32) and `places` (N strings). JPEG keeps it ~1 MB; it decodes like recorded frames.
@@ -67,3 +70,18 @@ def merge(old: Samples | None, new: Samples, size: int, seed: int = 0) -> Sample
     return Samples(np.stack([parts[k].images[i] for k, i, _ in chosen]),
                    np.stack([parts[k].actions[i] for k, i, _ in chosen]).astype(np.float32),
                    [place for _, _, place in chosen])
+
+
+def balanced_indices(places: list[str], k: int, step: int, rng: np.random.Generator
+                     ) -> np.ndarray:
+    """`k` rehearsal samples for training step `step`: the places in turn (round robin over
+    the steps, so each gets the same share whatever its count in the set), a random sample
+    within each. Derived from the step and `rng` only, so a resumed run draws the same."""
+    names = sorted(set(places))
+    where = np.asarray(places)
+    by_place = [np.flatnonzero(where == name) for name in names]
+    out = np.empty(k, np.int64)
+    for j in range(k):
+        pool = by_place[(step * k + j) % len(by_place)]
+        out[j] = pool[rng.integers(len(pool))]
+    return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -27,7 +27,7 @@ class Lora(_Strict):
 
 
 class Replay(_Strict):
-    per_batch: int = Field(default=2, ge=0, le=64, description="rehearsal samples in every batch")
+    per_batch: int = Field(default=4, ge=0, le=64, description="rehearsal samples in every batch")
     size: int = Field(default=512, ge=0, le=100_000, description="samples in the candidate's set")
 
 
@@ -39,14 +39,21 @@ class Quality(_Strict):
 
 
 class Gate(_Strict):
+    """The promotion gate, and the learning goal: the gate, the field plan, the tests and
+    bench/train.py all read these thresholds from here (docs/training.md, "The learning goal")."""
+
     enabled: bool = Field(default=True, description="run the gate after training")
     eval_seconds: float = Field(default=40.0, ge=1, le=3600, allow_inf_nan=False)
-    target_max_mean_cte: float = Field(default=0.03, gt=0, le=1, allow_inf_nan=False)
-    keep_max_ratio: float = Field(default=1.25, ge=1, le=100, allow_inf_nan=False,
+    target_max_mean_cte: float = Field(default=0.02, gt=0, le=1, allow_inf_nan=False,
+                                       description="mean |cte| (m) to reach on a target place")
+    keep_max_ratio: float = Field(default=1.10, ge=1, le=100, allow_inf_nan=False,
                                   description="candidate / active mean |cte| on kept places")
-    keep_min_mean_cte: float = Field(default=0.015, ge=0, le=1, allow_inf_nan=False,
-                                     description="below this a kept place passes whatever the "
-                                                 "ratio (noise floor, 1.5 cm); 0 = none")
+    keep_floor_below_m: float = Field(default=0.01, ge=0, le=1, allow_inf_nan=False,
+                                      description="a kept place the active policy drives "
+                                                  "under this (m) gets the floor instead")
+    keep_floor_m: float = Field(default=0.002, ge=0, le=1, allow_inf_nan=False,
+                                description="the floor: active + this (m) is always allowed "
+                                            "there (a ratio of a near-zero figure is noise)")
     max_val_loss_ratio: float = Field(default=1.5, gt=0, le=100, allow_inf_nan=False,
                                       description="candidate / active validation loss on the "
                                                   "new data must be below this")
@@ -54,6 +61,24 @@ class Gate(_Strict):
     golden_count: int = Field(default=4, ge=1, le=64)
     eval_workers: int = Field(default=2, ge=1, le=16,
                               description="closed-loop evaluations run side by side")
+
+    def kept_limit(self, active_mean_cte: float) -> float:
+        """The most mean |cte| (m) a candidate may have on a kept place where the active
+        policy has `active_mean_cte`: the ratio, or the floor on places already under it."""
+        limit = self.keep_max_ratio * active_mean_cte
+        if active_mean_cte < self.keep_floor_below_m:
+            limit = max(limit, active_mean_cte + self.keep_floor_m)
+        return limit
+
+    def target_ok(self, result: dict[str, Any]) -> bool:
+        """A closed-loop result on a target place meets the goal."""
+        return (result["off_track_events"] == 0
+                and result["mean_abs_cte"] <= self.target_max_mean_cte)
+
+    def kept_ok(self, candidate: dict[str, Any], active: dict[str, Any]) -> bool:
+        """A candidate's closed-loop result on a kept place against the active policy's."""
+        return (candidate["off_track_events"] == 0
+                and candidate["mean_abs_cte"] <= self.kept_limit(active["mean_abs_cte"]))
 
 
 class TrainSettings(_Strict):

@@ -179,6 +179,7 @@ class Trainer:
 
         torch.manual_seed(s.seed)
         base = load_base(self.base_dir)
+        rehearsal = load_replay(self.base_dir)
         model = peft.get_peft_model(base, peft.LoraConfig(
             r=s.lora.rank, lora_alpha=s.lora.alpha, lora_dropout=s.lora.dropout,
             target_modules=list(s.lora.target_modules)))
@@ -186,7 +187,6 @@ class Trainer:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, CosineDecay(s.max_steps))
         order_rng, replay_rng = np.random.default_rng(s.seed), np.random.default_rng(s.seed + 1)
         random.seed(s.seed)
-        rehearsal = load_replay(self.base_dir)
         n = len(data.train)
         order, pos, passes = new_order(s.shuffle, n, order_rng, None), 0, 0
         step, history, losses = 0, [], []
@@ -240,8 +240,9 @@ class Trainer:
             pos += k_new
             x, y = images[idx], actions[idx]
             if k_replay:
-                assert r_images is not None and r_actions is not None
-                j = torch.from_numpy(replay_rng.integers(0, len(r_images), k_replay))
+                assert rehearsal is not None and r_images is not None and r_actions is not None
+                j = torch.from_numpy(replay_set.balanced_indices(rehearsal.places, k_replay,
+                                                                 step, replay_rng))
                 x, y = torch.cat([x, r_images[j]]), torch.cat([y, r_actions[j]])
             x = x.permute(0, 3, 1, 2).contiguous()
             loss = (((model(x.float() / 255.0) - y) ** 2) * weights).mean()

@@ -40,7 +40,7 @@ from brain.control.model import load_spec
 from brain.durable import atomic_write_bytes, atomic_write_json
 from brain.rlds.reader import iter_episodes, verify_export
 from brain.train import replay as replay_set
-from brain.train.data import Samples, decode_frame, place_of, validation_indices
+from brain.train.data import Samples, decode_frame, digest_of, place_of, validation_indices
 from brain.train.model import ARCH
 from brain.train.settings import SettingsError, load_config_file
 from brain.train.trainer import (
@@ -107,7 +107,10 @@ def load_frames(export_dir: Path, width: int, height: int, val_fraction: float
     episode exactly as the robot's trainer splits."""
     manifest = verify_export(export_dir)
     episodes = list(iter_episodes(export_dir, manifest))
-    episodes.sort(key=lambda e: e.id)
+    # Content order, as the robot's trainer: the same episodes under other ids split the same.
+    episodes.sort(key=lambda e: (digest_of(e.actions[np.flatnonzero(e.frame_new)],
+                                           (e.images[k] for k in np.flatnonzero(e.frame_new))),
+                                 e.id))
     val_idx = validation_indices(len(episodes), val_fraction)
     parts: dict[bool, tuple[list[np.ndarray], list[np.ndarray], list[str], list[str]]] = {
         False: ([], [], [], []), True: ([], [], [], [])}

@@ -46,6 +46,7 @@ from brain.control.modes import BY_REMOTE, BY_ROBOT, REQUESTS, ForbiddenReset, M
 from brain.durable import fsync_dir
 from brain.rlds.recorder import RecorderError
 from brain.rlds.store import (
+    EPISODE_ID_PATTERN,
     EpisodeBusy,
     EpisodeError,
     EpisodeNotFound,
@@ -97,7 +98,7 @@ class DriveArgs(Args):
                             description="-1 (full reverse) .. 1 (full forward)")
 
 
-EpisodeId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")]
+EpisodeId = Annotated[str, Field(pattern=EPISODE_ID_PATTERN)]
 
 
 class EpisodeStartArgs(Args):

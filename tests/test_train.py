@@ -368,6 +368,36 @@ def test_sigterm_writes_an_emergency_checkpoint_and_exits_0(recorded, tmp_path: 
     assert t.finish() == 0
 
 
+class _Payload:
+    """A pickle that runs a command when it is loaded the old way (weights_only=False)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_planted_checkpoint_is_refused_not_run(recorded, tmp_path: Path) -> None:
+    """Whoever can write a run's checkpoint directory must not get code run by `--resume`:
+    checkpoints load as tensors and plain data only (brain.train.checkpoint)."""
+    import torch
+
+    state, config = copy_state(recorded, tmp_path, {"max_steps": 100000})
+    t = Training(state, "--config", str(config), "--no-gate")
+    t.wait_for(lambda e: step_event(e) and e["step"] >= 10)
+    t.proc.send_signal(signal.SIGTERM)
+    assert t.finish() == 0, t.stderr()
+    run = next((state / "train" / "runs").iterdir())
+    marker = tmp_path / "code-ran"
+    torch.save({"step": 999_999, "lora": _Payload(marker)},
+               run / "checkpoints" / "step_999999.pt")
+    r = brain(state, "train", "--resume", "--no-gate", "--json")
+    assert not marker.exists(), "loading the checkpoint ran its code"
+    assert r.returncode != 0 and "step_999999.pt: refused" in r.stderr, (r.returncode,
+                                                                         r.stderr[-2000:])
+
+
 def test_an_unexpected_exit_leaves_a_checkpoint_through_atexit(recorded, tmp_path: Path) -> None:
     """A failure the trainer does not handle (here a progress consumer that raises) still
     leaves the run resumable: the atexit hook checkpoints before the interpreter exits."""

@@ -137,6 +137,42 @@ def test_cli_without_a_worker_queues_and_says_so(tmp_path: Path) -> None:
     assert r.returncode == 2 and "lr" in r.stderr
 
 
+def test_episode_ids_cannot_become_trainer_options(recorded, tmp_path: Path) -> None:
+    """An id such as `--no-gate` once turned the gate off: the worker put a job's ids on the
+    trainer's command line. Ids now match the store's format wherever a job is made, and the
+    worker hands them over in a file; a job that still holds one (a request written by an
+    older version) fails naming it instead of training without its gate."""
+    from pydantic import ValidationError
+
+    from brain.service import TrainingStartArgs
+    from brain.train import jobs
+
+    state, config = copy_state(recorded, tmp_path, {"gate": {"enabled": True}})
+    good = list_ids(state)[0]
+    hostile = [good, "--no-gate", "--resume"]
+    with pytest.raises(JobError, match="not an episode id: '--no-gate'"):
+        jobs.start(state / "train", {}, "normal", hostile, "api")
+    with pytest.raises(ValidationError):
+        TrainingStartArgs(episodes=hostile)  # the API's and the socket's argument model
+    r = brain(state, "train", "--config", str(config), "--no-gate", "--episodes", good, "-x")
+    assert r.returncode == 2  # argparse: an unknown option, not an id
+    req = jobs.submit(state / "train", "start", config=json.loads(config.read_text()),
+                      priority="normal", episodes=hostile, origin="api")
+    w = Worker(state)
+    try:
+        job = wait_status(state, req["job"], ("failed", "completed"))
+    finally:
+        w.stop()
+    assert job["status"] == "failed", job
+    assert "not an episode id: '--no-gate'" in json.dumps(job), job
+
+
+def list_ids(state: Path) -> list[str]:
+    from brain.rlds.store import list_episodes
+
+    return [e["id"] for e in list_episodes(state / "rlds" / "episodes")]
+
+
 # -- a worker ----------------------------------------------------------------------------------
 
 def test_a_job_runs_reports_and_stops_and_resumes(recorded, tmp_path: Path) -> None:

@@ -32,7 +32,14 @@ LOCK_FILE = "recording.lock"
 FORMAT_VERSION = 1
 # Status values in episode.json: "recording" (open), "complete", "incomplete" (recovered).
 _CLOSED = ("complete", "incomplete")  # a closed episode's files never change again
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# What an episode id may be (the recorder's ids match it): never a leading "-" or ".", so an id
+# can neither be taken for a command-line option nor name a hidden or parent directory.
+EPISODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+_ID_RE = re.compile(EPISODE_ID_PATTERN)
+
+
+def is_episode_id(value: object) -> bool:
+    return isinstance(value, str) and bool(_ID_RE.fullmatch(value)) and ".." not in value
 
 
 class EpisodeError(RuntimeError):
@@ -54,7 +61,7 @@ def new_episode_id(t_wall: float | None = None) -> str:
 
 def episode_dir(episodes_dir: Path, episode_id: str) -> Path:
     """The directory of an existing episode; EpisodeNotFound names the id otherwise."""
-    if not isinstance(episode_id, str) or not _ID_RE.fullmatch(episode_id) or ".." in episode_id:
+    if not is_episode_id(episode_id):
         raise EpisodeNotFound(f"invalid episode id {episode_id!r}")
     path = Path(episodes_dir) / episode_id
     if not (path / EPISODE_FILE).is_file():

@@ -80,6 +80,9 @@ def _train_options(t: argparse.ArgumentParser) -> None:
                    help="continue an unfinished run from its latest checkpoint "
                         "(default: the latest run)")
     t.add_argument("--episodes", nargs="+", metavar="ID", help="train on these episodes only")
+    t.add_argument("--episodes-from", type=Path, metavar="FILE",
+                   help="train on the episodes listed in FILE, one id a line (what the job "
+                        "worker passes: ids from data never go on a command line)")
     t.add_argument("--run-id", metavar="ID", help="name of the run directory (default: the "
                                                    "time and a random suffix)")
     t.add_argument("--track-file", action="append", default=[], metavar="FILE",
@@ -89,6 +92,24 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--no-promote", action="store_true",
                    help="run the gate but do not promote, whatever ota.allow_local_promotion")
     t.add_argument("--json", action="store_true", help="one JSON line per event")
+
+
+def _episode_ids(given: list[str] | None, listed: Path | None) -> list[str] | None:
+    """The episodes to train on (None: all); ValueError names an id that is not one."""
+    from brain.rlds.store import is_episode_id
+
+    if given is None and listed is None:
+        return None
+    ids = list(given or [])
+    if listed is not None:
+        try:
+            ids += [line.strip() for line in listed.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--episodes-from {listed}: {e}") from None
+    for eid in ids:
+        if not is_episode_id(eid):
+            raise ValueError(f"not an episode id: {eid!r}")
+    return ids
 
 
 # -- output ----------------------------------------------------------------------------------------
@@ -278,7 +299,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
         run_root, resume = _run_dir(cfg, args.resume, args.run_id)
-    except (SettingsError, FileNotFoundError) as e:
+        episode_ids = _episode_ids(args.episodes, args.episodes_from)
+    except (SettingsError, FileNotFoundError, ValueError) as e:
         return _fail(str(e), 2)
     try:
         from brain.train.trainer import RunPaths, Trainer, TrainError
@@ -295,7 +317,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     candidate_dir = cfg.layout.model / "adapters" / "candidate"
     trainer = Trainer(settings, RunPaths(run_root), base_dir, cfg.layout.episodes,
                       candidate_dir, monitor=make_monitor(cfg, settings),
-                      episode_ids=args.episodes, on_progress=progress,
+                      episode_ids=episode_ids, on_progress=progress,
                       avoid_cpu=cfg.control.cpu)
     progress({"event": "run", "run": run_root.name, "resume": resume, "base": str(base_dir)})
     try:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from brain.durable import atomic_write_json
+from brain.rlds.store import is_episode_id
 
 SCHEMA_VERSION = 1
 STATUSES = ("queued", "waiting", "running", "paused", "completed", "failed", "cancelled",
@@ -414,6 +415,10 @@ def start(train_dir: Path, config: dict[str, Any], priority: str, episodes: list
     """Queue a job (the configuration already validated); its id at once."""
     if priority not in PRIORITIES:
         raise JobError(f"priority {priority!r}: one of {', '.join(PRIORITIES)}")
+    bad = [e for e in episodes if not is_episode_id(e)]
+    if bad:
+        raise JobError(f"not an episode id: {bad[0]!r} (letters, digits, '_', '.', '-'; "
+                       "never a leading '-' or '.')")
     req = submit(train_dir, "start", config=config, priority=priority, episodes=episodes,
                  origin=origin)
     store = JobStore.reader(train_dir)

@@ -16,7 +16,6 @@ uninterrupted one (tests/test_train.py). SIGTERM and SIGINT write `emergency_ste
 from __future__ import annotations
 
 import atexit
-import io
 import json
 import logging
 import math
@@ -33,8 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from brain.durable import atomic_write_bytes, atomic_write_json, fsync_dir
+from brain.durable import atomic_write_json, fsync_dir
 from brain.procs import lower_priority
+from brain.train import checkpoint
 from brain.train import replay as replay_set
 from brain.train.data import Dataset, Samples, load_dataset, quality_of
 from brain.train.model import ARCH, PolicyNet
@@ -192,7 +192,10 @@ class Trainer:
         step, history, losses = 0, [], []
         latest = self.run.latest_checkpoint() if resume else None
         if latest is not None:
-            ck = torch.load(latest, weights_only=False)
+            try:
+                ck = checkpoint.load(latest)
+            except checkpoint.CheckpointError as e:
+                raise TrainError(str(e)) from None
             peft.set_peft_model_state_dict(model, ck["lora"])
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
@@ -308,18 +311,16 @@ class Trainer:
         if st is None:
             return None
         name = f"emergency_step_{step:06d}.pt" if emergency else f"step_{step:06d}.pt"
-        buf = io.BytesIO()
-        torch.save({"step": step, "lora": peft.get_peft_model_state_dict(st["model"]),
-                    "optimizer": st["opt"].state_dict(), "scheduler": st["sched"].state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "order_rng": st["order_rng"].bit_generator.state,
-                    "replay_rng": st["replay_rng"].bit_generator.state,
-                    "python_random": random.getstate(), "order": st["order"],
-                    "pos": st["pos"], "passes": st["passes"], "history": st["history"],
-                    "losses": list(st["losses"]),
-                    "settings": self.s.model_dump(mode="json")}, buf)
         path = self.run.checkpoints / name
-        atomic_write_bytes(path, buf.getvalue(), mode=0o640)
+        checkpoint.save(path, {
+            "step": step, "lora": peft.get_peft_model_state_dict(st["model"]),
+            "optimizer": st["opt"].state_dict(), "scheduler": st["sched"].state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "order_rng": st["order_rng"].bit_generator.state,
+            "replay_rng": st["replay_rng"].bit_generator.state,
+            "python_random": random.getstate(), "order": st["order"], "pos": st["pos"],
+            "passes": st["passes"], "history": st["history"], "losses": list(st["losses"]),
+            "settings": self.s.model_dump(mode="json")})
         if not emergency:
             kept = sorted(self.run.checkpoints.glob("step_*.pt"))
             for old in kept[:-self.s.keep_checkpoints]:

@@ -337,8 +337,10 @@ class Worker:
         else:
             shutil.rmtree(self.train_dir / "runs" / job_id, ignore_errors=True)
             cmd += ["--run-id", job_id]
-            if job["episodes"]:
-                cmd += ["--episodes", *job["episodes"]]
+            if job["episodes"]:  # in a file: data never becomes a command-line option
+                listed = config.with_suffix(".episodes")
+                listed.write_text("".join(f"{e}\n" for e in job["episodes"]))
+                cmd += ["--episodes-from", str(listed)]
         # The child asks the kernel to kill it when this worker dies (PR_SET_PDEATHSIG, first
         # thing in `brain train`): a SIGKILLed worker must not leave a trainer running beside
         # the one its successor resumes.

@@ -21,7 +21,6 @@ writes `emergency_step_<N>.pt`, then the process exits 0 with status `interrupte
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -37,8 +36,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from brain.control.model import load_spec
-from brain.durable import atomic_write_bytes, atomic_write_json
+from brain.durable import atomic_write_json
 from brain.rlds.reader import iter_episodes, verify_export
+from brain.train import checkpoint
 from brain.train import replay as replay_set
 from brain.train.data import Samples, decode_frame, digest_of, place_of, validation_indices
 from brain.train.model import ARCH
@@ -275,7 +275,10 @@ class CloudTrainer:
         replay_rng_state = None
         latest = self.run.latest_checkpoint() if resume else None
         if latest is not None:
-            ck = torch.load(latest, weights_only=False, map_location=dist.device)
+            try:
+                ck = checkpoint.load(latest, map_location=dist.device)
+            except checkpoint.CheckpointError as e:
+                raise CloudTrainError(str(e)) from None
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
@@ -391,17 +394,14 @@ class CloudTrainer:
                     step: int, history: list[dict[str, Any]], emergency: bool = False,
                     replay_rng: np.random.Generator | None = None) -> Path:
         name = f"emergency_step_{step:06d}.pt" if emergency else f"step_{step:06d}.pt"
-        buf = io.BytesIO()
-        torch.save({"step": step, "model": {k: v.cpu() for k, v in model.state_dict().items()},
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "order_rng": order_rng.bit_generator.state,
-                    "replay_rng": replay_rng.bit_generator.state if replay_rng else None,
-                    "python_random": random.getstate(), "order": order, "pos": pos,
-                    "passes": passes, "history": history,
-                    "settings": self.s.model_dump(mode="json")}, buf)
         path = self.run.checkpoints / name
-        atomic_write_bytes(path, buf.getvalue(), mode=0o640)
+        checkpoint.save(path, {
+            "step": step, "model": {k: v.cpu() for k, v in model.state_dict().items()},
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "torch_rng": torch.get_rng_state(), "order_rng": order_rng.bit_generator.state,
+            "replay_rng": replay_rng.bit_generator.state if replay_rng else None,
+            "python_random": random.getstate(), "order": order, "pos": pos, "passes": passes,
+            "history": history, "settings": self.s.model_dump(mode="json")})
         if not emergency:
             for old in sorted(self.run.checkpoints.glob("step_*.pt"))[:-self.s.keep_checkpoints]:
                 old.unlink(missing_ok=True)

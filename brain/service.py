@@ -380,7 +380,8 @@ class RobotService:
         """Whether an episode is recording, and its counters."""
         return self.rig.episodes.status()
 
-    @command("episodes.delete", args=EpisodeArgs, http=("DELETE", "/episodes/{id}"))
+    @command("episodes.delete", args=EpisodeArgs, http=("DELETE", "/episodes/{id}"),
+             blocking=True)
     def episodes_delete(self, args: EpisodeArgs, caller: Caller) -> dict[str, Any]:
         """Delete one episode."""
         try:
@@ -609,7 +610,7 @@ class RobotService:
         return {"jobs": rows, "worker": note is None, "note": note,
                 "promotion": self.cfg.ota.allow_local_promotion}
 
-    @command("training.get", args=JobArgs, http=("GET", "/training/{id}"))
+    @command("training.get", args=JobArgs, http=("GET", "/training/{id}"), blocking=True)
     def training_get(self, args: JobArgs, caller: Caller) -> dict[str, Any]:
         """One job: status, progress, newest metric, checkpoints, the gate's verdict."""
         from brain.train import jobs

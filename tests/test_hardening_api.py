@@ -65,6 +65,34 @@ class TestSlowClients:
             s.close()
 
 
+def test_training_events_ask_who_before_saying_whether_a_job_exists(tmp_path: Path) -> None:
+    """No 404-vs-401 oracle on job ids: an unpaired caller gets 401 for a job that exists and
+    for one that does not; a paired one learns which."""
+    from brain.train import jobs
+
+    with running_server(tmp_path / "s") as (server, svc):
+        job = jobs.submit(svc.cfg.layout.train, "start", config={}, priority="normal",
+                          episodes=[], origin="test")["job"]
+        for job_id in (job, "20990101-000000-0000"):
+            r = httpx.get(f"{server.url}/api/v1/training/{job_id}/events", timeout=5)
+            assert r.status_code == 401, (job_id, r.status_code, r.text)
+        headers = pair(server)
+        r = httpx.get(f"{server.url}/api/v1/training/20990101-000000-0000/events",
+                      headers=headers, timeout=5)
+        assert r.status_code == 404, r.text
+
+
+def test_no_page_loads_third_party_script_into_the_robot_s_origin(tmp_path: Path) -> None:
+    """Swagger UI came from a CDN with CSP off, on the origin that keeps the token: gone; the
+    OpenAPI document stays, and every answer carries the CSP."""
+    with running_server(tmp_path / "s") as (server, _svc):
+        r = httpx.get(f"{server.url}/api/v1/docs", timeout=5)
+        assert r.status_code == 404 and "cdn" not in r.text.lower()
+        assert "Content-Security-Policy" in r.headers
+        spec = httpx.get(f"{server.url}/api/v1/openapi.json", timeout=5)
+        assert spec.status_code == 200 and spec.json()["paths"]
+
+
 class SlowLoris:
     """`count` connections from 127.0.0.1: half send nothing, half dribble header lines."""
 

@@ -347,3 +347,36 @@ def test_status_line_follows_the_active_bundle(vectors, tmp_path: Path) -> None:
                        lambda line: "model=vectors-1.2.0-r5" in line, timeout=10)
         finally:
             d.stop()
+
+
+def test_gc_waits_for_a_running_install(tmp_path: Path) -> None:
+    """`ota.gc` removes what the state does not name; while an install holds the OTA lock the
+    bundle it stages is in the store before the state names it, so gc must not run then."""
+    from brain.ota.manager import OtaError
+    from tests.api_support.light_service import LightService
+
+    svc = LightService(tmp_path / "state", with_ota=True)
+    try:
+        ota = svc.ota
+        assert ota is not None
+        staging = ota.paths.store / "being-staged"  # what an install writes before its commit
+        staging.mkdir()
+        held = threading.Event()
+        release = threading.Event()
+
+        def install_in_progress() -> None:
+            with ota._lock:  # as install() holds it from verification to the staged commit
+                held.set()
+                release.wait(10)
+
+        t = threading.Thread(target=install_in_progress)
+        t.start()
+        held.wait(5)
+        with pytest.raises(OtaError, match="install or rollback is running"):
+            ota.gc()
+        assert staging.is_dir()
+        release.set()
+        t.join(5)
+        assert "being-staged" in ota.gc()["removed"]
+    finally:
+        svc.close()

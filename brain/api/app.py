@@ -32,8 +32,10 @@ STATIC_DIR = Path(__file__).with_name("static")
 def create_app(ctx: ApiContext, extra_routers: Iterable[tuple[APIRouter, str]] = ()) -> FastAPI:
     """Build the app. `extra_routers` are (router, sub-prefix) pairs, e.g. the /training and
     /ota routers; they are mounted under /api/v1 and every route in them requires a token."""
+    # No Swagger UI page: it loads its script from a CDN into the origin whose localStorage
+    # holds the bearer token. The OpenAPI document stays, for any viewer of the user's own.
     app = FastAPI(title="brain robot API", version=brain.__version__,
-                  openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs",
+                  openapi_url=f"{API_PREFIX}/openapi.json", docs_url=None,
                   redoc_url=None, max_body_size=MAX_BODY)
     app.state.ctx = ctx
     app.include_router(routes_core.router, prefix=API_PREFIX)
@@ -102,7 +104,6 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         api = scope["path"].startswith(API_PREFIX)
-        docs = scope["path"] == f"{API_PREFIX}/docs"
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -110,8 +111,7 @@ class SecurityHeaders:
                 headers.setdefault("X-Content-Type-Options", "nosniff")
                 headers.setdefault("X-Frame-Options", "DENY")
                 headers.setdefault("Referrer-Policy", "no-referrer")
-                if not docs:
-                    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+                headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
                 if api:
                     headers.setdefault("Cache-Control", "no-store")
             await send(message)

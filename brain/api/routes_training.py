@@ -80,8 +80,11 @@ def _poll(train_dir: Path, job_id: str, cur: _Cursor) -> tuple[list[ServerSentEv
     return out, done
 
 
-async def existing_job(job_id: str, request: Request) -> str:
-    """The job id, checked before the stream starts (422 malformed, 404 unknown)."""
+async def existing_job(job_id: str, request: Request,
+                       _client: str = Depends(require_client_or_ticket)) -> str:
+    """The job id, checked before the stream starts (422 malformed, 404 unknown), and only
+    for a paired client: an unpaired caller gets 401 whatever the id, so it cannot learn
+    which jobs exist."""
     from brain.train import jobs
 
     if not JOB_ID.fullmatch(job_id):

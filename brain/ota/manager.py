@@ -482,20 +482,27 @@ class OtaManager:
 
     def gc(self) -> dict[str, Any]:
         """Remove stored bundles that are not active, LKG, previous, candidate or factory, and
-        downloads."""
-        st = self.state
-        keep = {ref["bundle_id"] for ref in (st["active"], st["lkg"], st.doc.get("previous"),
-                                              st["candidate"]) if ref}
-        removed = []
-        for d in self.paths.store.iterdir():
-            if d.name in keep or d.name.startswith(FACTORY_PREFIX):
-                continue
-            _remove_tree(d)
-            removed.append(d.name)
-        if self.paths.downloads.is_dir():
-            shutil.rmtree(self.paths.downloads, ignore_errors=True)
-        fsync_dir(self.paths.store)
-        return {"removed": removed}
+        downloads. Refused while an install or rollback runs: the bundle being staged is in
+        the store before the state names it, and its download may still be read."""
+        if not self._lock.acquire(blocking=False):
+            raise OtaError("an install or rollback is running; collect garbage when it is done")
+        try:
+            st = self.state
+            keep = {ref["bundle_id"] for ref in (st["active"], st["lkg"],
+                                                  st.doc.get("previous"), st["candidate"])
+                    if ref}
+            removed = []
+            for d in self.paths.store.iterdir():
+                if d.name in keep or d.name.startswith(FACTORY_PREFIX):
+                    continue
+                _remove_tree(d)
+                removed.append(d.name)
+            if self.paths.downloads.is_dir():
+                shutil.rmtree(self.paths.downloads, ignore_errors=True)
+            fsync_dir(self.paths.store)
+            return {"removed": removed}
+        finally:
+            self._lock.release()
 
     # -- reporting ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

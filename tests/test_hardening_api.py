@@ -276,10 +276,29 @@ class TestPairingAgainstALanAttacker:
         if owner_late and first != (p.current_code or {}).get("code"):
             with pytest.raises(CodeRetired):  # the owner typed the code it had read earlier
                 p.pair(first, "owner", "192.168.1.20")
-        shown = p.current_code
-        assert shown is not None  # a retired code is replaced at once
+        shown = p.current_code or p.new_code()  # retired: the owner runs `brain pair`
         assert p.authenticate(p.pair(shown["code"], "owner", "192.168.1.20")) == "owner"
-        assert p.retired_codes <= len(attempts) // 20
+        assert p.retired_codes <= 1  # one code asked for, at most one retired
+
+    def test_the_network_gets_a_bounded_number_of_guesses_in_all(self, tmp_path: Path) -> None:
+        """500 addresses, each staying under its own lockout: 20 guesses count against the
+        owner's code, then pairing is closed (no fresh code for the attacker to guess at)
+        until the owner asks the robot for one."""
+        p = Pairing(tmp_path, 300, failures_per_code=20, failures_before_lockout=5)
+        owner_code = p.new_code()["code"]
+        wrong = (f"{(int(owner_code) + k) % 10**6:06d}" for k in range(1, 10**6))
+        closed = 0
+        for addr in range(500):
+            for _ in range(4):
+                with pytest.raises(CodeRejected) as e:
+                    p.pair(next(wrong), "mallory", f"10.0.{addr // 250}.{addr % 250}")
+                closed += "closed" in str(e.value)
+        assert p.retired_codes == 1 and p.current_code is None
+        assert closed == 2000 - 19  # from the 20th (which retired the code) on: closed
+        with pytest.raises(CodeRetired):  # the owner's old code: told, not counted
+            p.pair(owner_code, "owner", "192.168.1.20")
+        fresh = p.new_code()["code"]  # `brain pair` on the robot
+        assert p.authenticate(p.pair(fresh, "owner", "192.168.1.20")) == "owner"
 
     def test_retired_code_does_not_count_against_the_owner(self, tmp_path: Path) -> None:
         p = Pairing(tmp_path, 300, failures_per_code=3, failures_before_lockout=2)
@@ -290,7 +309,8 @@ class TestPairingAgainstALanAttacker:
         for _ in range(5):  # however often the owner retries the old code: never locked out
             with pytest.raises(CodeRetired):
                 p.pair(old, "owner", "192.168.1.20")
-        assert p.pair(p.current_code["code"], "owner", "192.168.1.20")  # type: ignore[index]
+        assert p.current_code is None  # closed until the owner asks for a new code
+        assert p.pair(p.new_code()["code"], "owner", "192.168.1.20")
 
 
 class TestSecurityHeaders:

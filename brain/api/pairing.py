@@ -9,9 +9,11 @@ Threat model (a LAN attacker without the code): it may try codes from as many ad
 likes. Each address is locked out after a few wrong codes (exponentially longer each time), and
 the code itself is retired after `failures_per_code` wrong codes from all addresses together,
 so one code is guessed with a probability of at most failures_per_code / 10^6. A retired code
-is replaced at once by a fresh one, shown where the owner looks (the journal, `brain pair`),
-and the owner typing the retired code is told so without it counting as a failure: the
-attacker can make the owner read a new code, never lock the owner out or pair itself. Lockouts
+is not replaced: pairing closes until the owner asks the robot for a new code (`brain pair`
+over the local control socket, which no LAN host reaches), so the network gets at most
+`failures_per_code` guesses per code the owner asks for, however many addresses it has. The
+owner typing the retired code is told so without it counting as a failure: the attacker can
+make the owner run `brain pair` again, never lock the owner out or pair itself. Lockouts
 are per address and never spill onto others; the address is the TCP peer (proxy headers are
 ignored unless a trusted proxy is configured).
 
@@ -190,6 +192,9 @@ class Pairing:
                                       "attempts from the network; run `brain pair` on the "
                                       "robot for the new one")
                 self._fail(remote, fails, now)
+                if self._code is None:
+                    raise CodeRejected("pairing is closed; run `brain pair` on the robot for "
+                                       "a code")
                 raise CodeRejected("pairing code wrong or expired; get a new one with "
                                    "`brain pair` on the robot")
             token = secrets.token_urlsafe(32)
@@ -211,12 +216,13 @@ class Pairing:
         if self._code is not None:
             self._code_failures += 1
             if self._code_failures >= self.failures_per_code:
-                self._retired[_code_hash(self._code)] = self._code_expires
+                self._retired[_code_hash(self._code)] = max(self._code_expires,
+                                                            now + self.code_ttl_s)
                 self.retired_codes += 1
-                code, _ = self._fresh_code()
-                log.warning("pairing code retired after %d wrong attempts from the network; "
-                            "new pairing code %s (valid %d s)", self.failures_per_code, code,
-                            int(self.code_ttl_s))
+                self._code = None  # closed until the owner asks for a new code
+                log.warning("pairing closed: the code was retired after %d wrong attempts "
+                            "from the network; run `brain pair` on the robot for a new one",
+                            self.failures_per_code)
         if fails.count >= self.failures_before_lockout:
             duration = min(self.lockout_s * 2 ** fails.lockouts, self.max_lockout_s)
             fails.locked_until = now + duration

@@ -12,10 +12,17 @@ too large, too slow). One thread reads all connections (an idle connection costs
 descriptor, not a thread), with a read timeout and a cap on connections still sending their
 request (the one waiting longest is closed for a newcomer); complete requests run on a bounded
 set of worker threads.
+
+Out of file descriptors (EMFILE, ENFILE: a flood somewhere else in the process), the accept
+loop neither spins nor floods the log: it lets go of one of `RESERVED_FDS` descriptors held
+back for this moment and accepts with it, so the admin's e-stop still gets through; with none
+left it stops polling the listener for a while (backing off to 1 s) and says so in the log at
+most every 10 s.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -37,6 +44,11 @@ MAX_REQUEST = 64 * 1024
 READ_TIMEOUT_S = 5.0  # a client must send its whole request line within this
 MAX_CONNECTIONS = 64  # still sending their request; the oldest is closed for a newcomer
 MAX_WORKERS = 16  # requests running at once (an export takes seconds)
+# Descriptors held back for this socket: when the process runs out (a flood elsewhere), one is
+# let go so that a local `brain mode estop` is still accepted and answered.
+RESERVED_FDS = 2
+ACCEPT_BACKOFF_S = (0.05, 1.0)  # out of descriptors with none in reserve: stop polling for this
+OUT_OF_FDS_LOG_EVERY_S = 10.0
 
 
 class ControlError(RuntimeError):
@@ -142,6 +154,12 @@ class ControlServer:
         self._stop = threading.Event()
         self._wake_r, self._wake_w = -1, -1
         self.refused = 0  # connections turned away (cap, timeout, oversize)
+        self._reserve: list[int] = []  # descriptors held back (see the module docstring)
+        self._reserve_lock = threading.Lock()
+        self._paused_until = 0.0  # the listener is not polled before this (out of descriptors)
+        self._backoff_s = ACCEPT_BACKOFF_S[0]
+        self._deferred = 0  # accepts put off since the last log line about it
+        self._last_fd_log = float("-inf")
 
     def dispatch(self, request: Any) -> dict[str, Any]:
         """One request object -> its reply object (the protocol minus the framing)."""
@@ -195,6 +213,7 @@ class ControlServer:
         self._selector = selectors.DefaultSelector()
         self._selector.register(listener, selectors.EVENT_READ, None)
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._refill_reserve()
         self._thread = threading.Thread(target=self._serve, name="control-socket", daemon=True)
         self._thread.start()
 
@@ -206,6 +225,10 @@ class ControlServer:
             self._thread = None
             os.close(self._wake_r)
             os.close(self._wake_w)
+        with self._reserve_lock:
+            for fd in self._reserve:
+                os.close(fd)
+            self._reserve.clear()
         try:
             self.path.unlink()
         except FileNotFoundError:
@@ -216,16 +239,23 @@ class ControlServer:
         sel, listener = self._selector, self._listener
         assert sel is not None and listener is not None
         conns: dict[int, _Conn] = {}
+        listening = True
         try:
             while not self._stop.is_set():
-                timeout = None
-                if conns:
-                    timeout = max(0.0, min(c.deadline for c in conns.values()) - time.monotonic())
+                if not listening and time.monotonic() >= self._paused_until:
+                    sel.register(listener, selectors.EVENT_READ, None)
+                    listening = True
+                deadlines = [c.deadline for c in conns.values()]
+                if not listening:
+                    deadlines.append(self._paused_until)
+                timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
                 for key, _ in sel.select(timeout):
                     if key.data == "wake":
                         continue
                     if key.fileobj is listener:
-                        self._accept(listener, sel, conns)
+                        if not self._accept(listener, sel, conns):
+                            sel.unregister(listener)
+                            listening = False
                     else:
                         self._read(key.fileobj, sel, conns)  # type: ignore[arg-type]
                 now = time.monotonic()
@@ -243,15 +273,21 @@ class ControlServer:
             listener.close()
 
     def _accept(self, listener: socket.socket, sel: selectors.BaseSelector,
-                conns: dict[int, _Conn]) -> None:
+                conns: dict[int, _Conn]) -> bool:
+        """Accept what is waiting. False when out of descriptors with none in reserve: the
+        caller stops polling the listener until `_paused_until`."""
+        self._refill_reserve()
         while True:
             try:
                 sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                return True
             except OSError as e:  # EMFILE and friends: keep serving the connections we have
-                log.warning("control socket: accept failed: %s", e)
-                return
+                if e.errno in (errno.EMFILE, errno.ENFILE) and self._release_one():
+                    continue  # accept with a descriptor held back for this
+                self._out_of_descriptors(e)
+                return False
+            self._backoff_s = ACCEPT_BACKOFF_S[0]
             while len(conns) >= self.max_connections:
                 # Make room by closing the connection that has waited longest without sending
                 # its request: a flood of idle connections can delay nobody's command.
@@ -265,6 +301,33 @@ class ControlServer:
             sock.setblocking(False)
             conns[sock.fileno()] = _Conn(sock, time.monotonic() + self.read_timeout_s)
             sel.register(sock, selectors.EVENT_READ, None)
+
+    # -- descriptors held back -------------------------------------------------------------------
+    def _refill_reserve(self) -> None:
+        with self._reserve_lock:
+            while len(self._reserve) < RESERVED_FDS:
+                try:
+                    self._reserve.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+                except OSError:
+                    return  # still short; tried again at the next accept
+
+    def _release_one(self) -> bool:
+        with self._reserve_lock:
+            if not self._reserve:
+                return False
+            os.close(self._reserve.pop())
+            return True
+
+    def _out_of_descriptors(self, e: OSError) -> None:
+        now = time.monotonic()
+        self._paused_until = now + self._backoff_s
+        self._backoff_s = min(self._backoff_s * 2, ACCEPT_BACKOFF_S[1])
+        self._deferred += 1
+        if now - self._last_fd_log >= OUT_OF_FDS_LOG_EVERY_S:
+            log.warning("control socket: cannot accept (%s); %d connection(s) put off, "
+                        "polling again in %.2f s", e.strerror or e, self._deferred,
+                        self._paused_until - now)
+            self._last_fd_log, self._deferred = now, 0
 
     def _read(self, sock: socket.socket, sel: selectors.BaseSelector,
               conns: dict[int, _Conn]) -> None:

@@ -95,3 +95,64 @@ class TestIdleConnectionFlood:
         finally:
             for s in idle:
                 s.close()
+
+
+OUT_OF_FDS_CHILD = r'''
+import logging, os, resource, sys, time
+from brain.control_socket import ControlServer
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+estops = []
+def dispatch(name, args):
+    estops.append(args.get("mode"))
+    return {"mode": args.get("mode")}
+server = ControlServer(sys.argv[1], dispatch)
+server.start()
+hog = []
+while True:  # a flood elsewhere in the process took every other descriptor
+    try:
+        hog.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        break
+print("exhausted", len(hog), flush=True)
+sys.stdin.read()  # until the test is done
+print("estops", len(estops), flush=True)
+'''
+
+
+def test_out_of_descriptors_the_local_estop_still_gets_through(tmp_path: Path) -> None:
+    """With every descriptor of the daemon taken (the issue's 1,200 half-open TLS connections),
+    the accept loop spun on a ready select() and wrote 134,283 log lines in 15 s, and the local
+    e-stop went unanswered. Now a descriptor held back lets it through, and with that gone too
+    the loop backs off and logs a line every 10 s at most."""
+    import subprocess
+    import sys
+
+    sock = tmp_path / "c.sock"
+    child = subprocess.Popen([sys.executable, "-c", OUT_OF_FDS_CHILD, str(sock)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert child.stdout is not None and "exhausted" in child.stdout.readline()
+        answers = []
+        for _ in range(5):  # one at a time, as an admin would: each frees its descriptor
+            t0 = time.monotonic()
+            answers.append(ControlClient(sock, timeout=5).call("mode", mode="estop"))
+            assert time.monotonic() - t0 < 1.0
+        assert answers == [{"mode": "estop"}] * 5
+        # Hold more connections than there are spare descriptors: the rest wait, no spin.
+        held = []
+        for _ in range(10):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(sock))
+            held.append(s)
+        time.sleep(2.0)
+        for s in held:
+            s.close()
+    finally:
+        out, err = child.communicate(input="", timeout=30)
+    assert child.returncode == 0, err[-2000:]
+    assert "estops 5" in out
+    lines = [x for x in err.splitlines() if "control socket" in x]
+    assert len(lines) <= 3, (len(lines), lines[:5])

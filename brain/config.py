@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 from brain.paths import StateLayout
 
@@ -211,6 +212,10 @@ class OtaConfig:
     channel_url: str = setting("", "A fleet channel to follow: the URL of its channel.json "
                                "(ota/SPEC.md, section 6). Empty: none.",
                                pattern=r"^(https?://[^\s]{1,2000})?$")
+    channel: str = setting("", "The name of the channel the robot follows: a document of any "
+                           "other channel is refused. Empty: the <name> of a channel_url of "
+                           "the form .../channels/<name>/channel.json (brain-cloud serve's).",
+                           pattern=r"^([a-z0-9][a-z0-9_-]{0,63})?$")
     channel_poll_s: float = setting(300.0, "Seconds between polls of the channel.", min=1.0,
                                     max=86400.0)
     channel_jitter_s: float = setting(30.0, "Up to this many random seconds added to each poll "
@@ -516,7 +521,21 @@ def read_toml(p: Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
 
 
+def followed_channel(url: str, configured: str = "") -> str:
+    """The channel a robot follows: `ota.channel`, else the <name> in a URL of the form
+    .../channels/<name>/channel.json; "" when neither says."""
+    if configured:
+        return configured
+    m = re.search(r"/channels/([a-z0-9][a-z0-9_-]{0,63})/channel\.json$", urlsplit(url).path)
+    return m.group(1) if m else ""
+
+
 def _cross_checks(cfg: Config) -> None:
+    if cfg.ota.channel_url:
+        if not followed_channel(cfg.ota.channel_url, cfg.ota.channel):
+            raise ConfigError(f"ota.channel (in {cfg.source}): the name of the channel that "
+                              f"{cfg.ota.channel_url} serves is needed (its URL does not say "
+                              "it as .../channels/<name>/channel.json)")
     if cfg.control.lockstep and cfg.profile != "sim":
         raise ConfigError(f"control.lockstep (in {cfg.source}): simulated time exists only on "
                           f"the simulator, not on {cfg.profile}")

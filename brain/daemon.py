@@ -107,7 +107,8 @@ class Daemon:
             self.channel = ChannelFollower(cfg.ota.channel_url, ota, rig.identity["id"],
                                            cfg.layout.model / "channel.json",
                                            poll_s=cfg.ota.channel_poll_s,
-                                           jitter_s=cfg.ota.channel_jitter_s)
+                                           jitter_s=cfg.ota.channel_jitter_s,
+                                           channel=cfg.ota.channel)
         service = self.service = RobotService(cfg, rig, self._pairing(), ota=ota,
                                               test_hooks=self.test_hooks)
         self.control = ControlServer(

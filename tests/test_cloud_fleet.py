@@ -308,3 +308,37 @@ def test_the_generated_admin_token_survives_the_command_line(tmp_path: Path) -> 
         args = build_parser().parse_args(["publish", "b.bundle", "--server", "http://x",
                                           "--token", token])
         assert args.token == token
+
+
+def test_a_document_of_another_channel_is_not_obeyed(vectors: Path, bundle: Path,
+                                                     tmp_path: Path) -> None:
+    """A publisher-signed document of channel `beta`, served where the robot looks for its
+    `stable` one, used to be obeyed (its bundle installed) and its seq recorded, freezing the
+    real channel. Now it is refused and nothing of it is kept."""
+    serve = Serve(tmp_path / "serve", vectors / "dev.key")
+    keys = trusted_dir(vectors, tmp_path / "keys")
+    state = tmp_path / "robot"
+    layout = StateLayout(state)
+    layout.identity_file.parent.mkdir(parents=True, exist_ok=True)
+    layout.identity_file.write_text(json.dumps({"id": robot_ids(BUNDLE_ID, [(0, 10)])[0]}))
+    d = ota_daemon(state, keys, env={
+        "BRAIN_OTA_CHANNEL_URL": f"{serve.url}/channels/beta/channel.json",
+        "BRAIN_OTA_CHANNEL": "stable", "BRAIN_OTA_CHANNEL_POLL_S": "1",
+        "BRAIN_OTA_CHANNEL_JITTER_S": "0"})
+    try:
+        d.wait_ready()
+        before = active(d)
+        r = subprocess.run([sys.executable, "-m", "brain_cloud", "publish", str(bundle),
+                            "--channel", "beta", "--server", serve.url, "--token", TOKEN,
+                            "--json"], env=env(), capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["channel"] == "beta"
+        wait_until(d.log, lambda log: "this robot follows 'stable'" in log, timeout=30,
+                   interval=0.5, what="the robot to refuse beta's document")
+        assert active(d) == before != BUNDLE_ID
+        kept = json.loads((layout.model / "channel.json").read_text()) \
+            if (layout.model / "channel.json").exists() else {}
+        assert not kept.get("seqs", {}).get("beta") and not kept.get("seq")
+    finally:
+        assert d.stop() == 0, d.log()
+        serve.stop()

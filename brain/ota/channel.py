@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
+from brain.config import followed_channel
 from brain.durable import atomic_write_json, read_json, sha256_file
 from brain.ota import keys as keyfiles
 from brain.ota.bundle import BundleError, parse_utc
@@ -52,9 +53,10 @@ def _validator() -> Any:
 
 
 def verify_document(raw: bytes, signature: bytes, keyring: keyfiles.Keyring,
-                    now: float | None = None) -> dict[str, Any]:
-    """The channel document, once its signature (a trusted publisher key), shape and expiry
-    check out."""
+                    now: float | None = None, channel: str | None = None) -> dict[str, Any]:
+    """The channel document, once its signature (a trusted publisher key), shape, expiry and
+    (given `channel`) its channel check out: a publisher-signed document of another channel
+    is not this robot's to obey."""
     try:
         doc = json.loads(raw)
     except ValueError as e:
@@ -71,6 +73,9 @@ def verify_document(raw: bytes, signature: bytes, keyring: keyfiles.Keyring,
         raise ChannelError("channel.json's signature does not verify")
     if parse_utc(doc["expires"]) < (now if now is not None else time.time()):
         raise ChannelError(f"channel.json expired at {doc['expires']}")
+    if channel is not None and doc["channel"] != channel:
+        raise ChannelError(f"channel.json is channel {doc['channel']!r}'s; this robot follows "
+                           f"{channel!r}")
     return dict(doc)
 
 
@@ -78,8 +83,11 @@ class ChannelFollower:
     """Polls `url` and acts on it through `ota` (an OtaManager)."""
 
     def __init__(self, url: str, ota: Any, robot_id: str, state_file: Path, *,
-                 poll_s: float, jitter_s: float) -> None:
+                 poll_s: float, jitter_s: float, channel: str = "") -> None:
         self.url = url
+        self.channel = followed_channel(url, channel)
+        if not self.channel:
+            raise ValueError(f"which channel {url} serves is not known: set ota.channel")
         self.ota = ota
         self.robot_id = robot_id
         self.state_file = state_file
@@ -90,13 +98,23 @@ class ChannelFollower:
         self.state = self._load_state()
 
     def _load_state(self) -> dict[str, Any]:
+        """{"seqs": {channel: highest seq seen}, "failed": {bundle id: why}}. The seq is kept
+        per channel, so following another channel starts from its own (an older file's one
+        seq is taken as this channel's: never lower than what was seen)."""
         try:
             st = read_json(self.state_file)
             if isinstance(st, dict):
-                return {"seq": int(st.get("seq", 0)), "failed": dict(st.get("failed", {}))}
+                seqs = {str(k): int(v) for k, v in dict(st.get("seqs", {})).items()}
+                if "seq" in st and self.channel not in seqs:
+                    seqs[self.channel] = int(st["seq"])
+                return {"seqs": seqs, "failed": dict(st.get("failed", {}))}
         except (FileNotFoundError, ValueError, TypeError):
             pass
-        return {"seq": 0, "failed": {}}
+        return {"seqs": {}, "failed": {}}
+
+    @property
+    def seq(self) -> int:
+        return int(self.state["seqs"].get(self.channel, 0))
 
     def _save_state(self) -> None:
         atomic_write_json(self.state_file, self.state)
@@ -141,15 +159,15 @@ class ChannelFollower:
         raw = self._get(self.url)
         signature = self._get(self.url + SIGNATURE_SUFFIX)
         try:
-            doc = verify_document(raw, signature, self.ota.keyring())
-            if doc["seq"] < self.state["seq"]:
-                raise ChannelError(f"channel seq {doc['seq']} is older than {self.state['seq']}"
-                                   " already seen (a replayed document)")
+            doc = verify_document(raw, signature, self.ota.keyring(), channel=self.channel)
+            if doc["seq"] < self.seq:
+                raise ChannelError(f"channel seq {doc['seq']} is older than {self.seq} already "
+                                   "seen (a replayed document)")
         except ChannelError as e:
             self._report(None, "refused", reason=str(e))
             raise
-        if doc["seq"] > self.state["seq"]:
-            self.state["seq"] = doc["seq"]
+        if doc["seq"] > self.seq:
+            self.state["seqs"][self.channel] = doc["seq"]
             self._save_state()
         action = self._act(doc)
         self._report(doc, action["event"], result=action.get("result"),

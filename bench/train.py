@@ -128,6 +128,7 @@ class Trial:
     target_off: int = -1
     kept: dict = field(default_factory=dict)  # place -> (candidate, active, limit, off-track)
     passed: bool | None = None  # the gate's own verdict (of the checkout that ran)
+    reasons: list = field(default_factory=list)  # why the gate refused, if it did
     train_s: float = math.nan
     error: str = ""
 
@@ -198,6 +199,7 @@ def run_trial(trial: Trial, episodes_state: Path, work: Path, config: dict, code
         trial.kept[place] = (c["mean_abs_cte"], a["mean_abs_cte"],
                              gate.kept_limit(a["mean_abs_cte"]), c["off_track_events"])
     trial.passed = bool(report["passed"])
+    trial.reasons = list(report["reasons"])
     merged = json.loads(cache.read_text()) if cache.exists() else {}
     mine = state / "train" / "eval-cache.json"
     if mine.exists():
@@ -294,7 +296,7 @@ def print_target_table(target: str, trials: list[Trial], gate: Any, seeds: int,
     for t in good:
         kept = ", ".join(f"{p} {c:.4f}/{a:.4f}" for p, (c, a, _, _) in sorted(t.kept.items()))
         print(f"      c{t.collection} s{t.seed}: {t.target} {t.target_cte:.4f}; kept "
-              f"cand/active {kept}")
+              f"cand/active {kept}" + "".join(f"\n        gate refused: {r}" for r in t.reasons))
 
 
 class Daemon:

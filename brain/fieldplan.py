@@ -24,13 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from brain.durable import atomic_write_json
-from brain.train.settings import Gate as LearningGoal
 
 NEW_TRACK = "chicane"  # the seed leaves the road here (docs/training.md)
 OLD_TRACK = "oval"  # the seed's home track: must still be driven after learning
 SKEW_LIMIT_MS = 5.0
 BUNDLE_SIZE_LIMIT = 64 << 20
 LATENESS_BUDGET_MS = 5.0
+
+
+def learning_goal() -> Any:
+    """The promotion gate's thresholds and rule (brain.train.settings.Gate): the field plan
+    holds the learnt policy to the same, read from the same place (pydantic: imported when a
+    phase needs it, not when the CLI starts)."""
+    from brain.train.settings import Gate
+
+    return Gate()
 
 
 @dataclass
@@ -383,7 +391,7 @@ class FieldPlan:
         self.bundle = bundle
         evals = self._eval(str(bundle), [NEW_TRACK])
         cte = evals[NEW_TRACK]["mean_abs_cte"]
-        goal = LearningGoal()  # the promotion gate's own thresholds and rule
+        goal = learning_goal()
         p.gates.append(Gate(f"eval on {NEW_TRACK}: mean |cte|", f"{cte:.4f} m",
                             f"≤ {goal.target_max_mean_cte} m", cte <= goal.target_max_mean_cte))
         p.gates.append(Gate("machine terminated, summary written", summary["terminated"],
@@ -456,7 +464,7 @@ class FieldPlan:
         p.data["eval"] = {"before": before, "after": after}
         new_b, new_a = (before[NEW_TRACK]["mean_abs_cte"], after[NEW_TRACK]["mean_abs_cte"])
         old_b, old_a = (before[OLD_TRACK]["mean_abs_cte"], after[OLD_TRACK]["mean_abs_cte"])
-        goal = LearningGoal()  # the promotion gate's own thresholds and rule
+        goal = learning_goal()
         p.gates.append(Gate(f"{NEW_TRACK} (new): mean |cte|", f"{new_b:.4f} → {new_a:.4f} m",
                             f"≤ {goal.target_max_mean_cte} m",
                             new_a <= goal.target_max_mean_cte))

@@ -27,6 +27,7 @@ import pytest
 
 from brain.train.settings import load_settings
 from tests.daemon_support import DaemonProcess
+from tests.train_support import MARGINS
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,30 +52,33 @@ def collect(state: Path, where: list[str], **env: str) -> list[str]:
     return re.findall(r"episode \d+/16 (\S+):", r.stdout)
 
 
-def train(state: Path, *args: str, **env: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def train(state: Path, *args: str, case: str = "", **env: str
+          ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     r = brain(state, "train", "--config", str(CONFIG), "--json", *args, **env)
     events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     report = next((e for e in events if e.get("event") == "report"), None)
     assert report is not None, f"rc {r.returncode}: {r.stderr[-3000:]}"
-    print_report(report)
+    print_report(report, case)
     return report, events
 
 
-def print_report(report: dict[str, Any]) -> None:
-    """The figures and, for each, how far it is from its bound (the margin)."""
-    print(f"\n{report['candidate']} vs {report['active']}: "
-          f"{'passed' if report['passed'] else 'REFUSED'}")
+def print_report(report: dict[str, Any], case: str) -> None:
+    """The figures and, for each, how far it is from its bound (the margin); also kept for the
+    run's closing summary (tests/conftest.py)."""
+    lines = [f"{case}: {report['candidate']} vs {report['active']}: "
+             f"{'passed' if report['passed'] else 'REFUSED'}"]
     for kind in ("target", "kept"):
         for place, r in report["checks"][kind].items():
             a, c = r["active"], r["candidate"]
             bound = GATE.target_max_mean_cte if kind == "target" else \
                 GATE.kept_limit(a["mean_abs_cte"])
-            print(f"  {kind:<6} {place:<15} mean|cte| {a['mean_abs_cte']:.4f} -> "
-                  f"{c['mean_abs_cte']:.4f} m (bound {bound:.4f}, margin "
-                  f"{1 - c['mean_abs_cte'] / bound:+.0%})   off-track "
-                  f"{a['off_track_events']} -> {c['off_track_events']}")
-    for reason in report["reasons"]:
-        print(f"  refused: {reason}")
+            lines.append(f"  {kind:<6} {place:<15} mean|cte| {a['mean_abs_cte']:.4f} -> "
+                         f"{c['mean_abs_cte']:.4f} m (bound {bound:.4f}, margin "
+                         f"{1 - c['mean_abs_cte'] / bound:+.0%})   off-track "
+                         f"{a['off_track_events']} -> {c['off_track_events']}")
+    lines += [f"  refused: {reason}" for reason in report["reasons"]]
+    print("\n" + "\n".join(lines))
+    MARGINS.extend(lines)
 
 
 def assert_adapted_without_forgetting(report: dict[str, Any], target: str) -> None:
@@ -99,7 +103,7 @@ def test_adapts_to_a_new_track_and_keeps_the_old_ones(tmp_path: Path, target: st
                                                       where: list[str]) -> None:
     state = tmp_path / "state"
     collect(state, where)
-    report, events = train(state, "--no-promote")
+    report, events = train(state, "--no-promote", case=f"adapt to {target}")
     assert_adapted_without_forgetting(report, target)
     if target != "garage":  # the seed already drives the garage, if less well
         before = report["checks"]["target"][target]["active"]
@@ -124,7 +128,7 @@ def test_adapt_promote_adapt_promote_on_a_running_daemon(tmp_path: Path) -> None
     try:
         d.wait_ready()
         collect(state, ["--track", "chicane"], **env)
-        report, _ = train(state, **env)
+        report, _ = train(state, case="daemon: chicane", **env)
         assert_adapted_without_forgetting(report, "chicane")
         first = report["promotion"]
         assert first["status"] == "committed", first
@@ -134,7 +138,8 @@ def test_adapt_promote_adapt_promote_on_a_running_daemon(tmp_path: Path) -> None
         assert d.status()["model"] == first["bundle_id"]
 
         hairpin = collect(state, ["--track", "hairpin"], **env)
-        report, _ = train(state, "--episodes", *hairpin, **env)
+        report, _ = train(state, "--episodes", *hairpin, case="daemon: hairpin after chicane",
+                          **env)
         assert report["active"].startswith("seed-v1+"), "adapted from the chicane policy"
         assert set(report["checks"]["kept"]) == {*KEPT, "chicane"}
         assert report["passed"], report["reasons"]
@@ -147,8 +152,12 @@ def test_adapt_promote_adapt_promote_on_a_running_daemon(tmp_path: Path) -> None
         assert r.returncode == 0, r.stderr
         for line in r.stdout.splitlines():
             result = json.loads(line)
-            print(f"  final  {result['track']:<15} mean|cte| {result['mean_abs_cte']:.4f} m  "
-                  f"off-track {result['off_track_events']}")
+            shown = (f"  final  {result['track']:<15} mean|cte| {result['mean_abs_cte']:.4f} m "
+                     f"(bound {GATE.target_max_mean_cte}, margin "
+                     f"{1 - result['mean_abs_cte'] / GATE.target_max_mean_cte:+.0%})  "
+                     f"off-track {result['off_track_events']}")
+            print(shown)
+            MARGINS.append(shown)
             assert GATE.target_ok(result), result
 
         strict = tmp_path / "strict.json"

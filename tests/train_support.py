@@ -9,6 +9,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+# Lines of the training tests' figures against their bounds, printed at the end of the run by
+# tests/conftest.py (pytest_terminal_summary).
+MARGINS: list[str] = []
+
 RECORD = ("collect", "--teacher", "--episodes", "4", "--seconds", "5", "--lockstep", "--track",
           "chicane")
 

@@ -3,8 +3,9 @@ place the robot must keep driving, mixed into every training batch so that adapt
 place does not unlearn the old ones.
 
 Measured (brain/train/README.md, bench/train.py): LoRA on chicane alone (300 x 8) drove the
-chicane but took rounded-square off the road; with 2 of every 8 samples from a ~512-frame set
-drawn from the tracks the seed drives, every one of them kept its line. A set only helps for the
+chicane but took rounded-square off the road; with a few of every 8 samples (4 now) from a
+~512-frame set drawn from the tracks the seed drives, every one of them kept its line
+(docs/training.md, "The learning goal", for today's figures). A set only helps for the
 places it holds, so each candidate writes a new set: the old one plus samples from the places it
 was trained on, balanced per place, at most `size` samples.
 

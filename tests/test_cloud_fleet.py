@@ -342,3 +342,28 @@ def test_a_document_of_another_channel_is_not_obeyed(vectors: Path, bundle: Path
     finally:
         assert d.stop() == 0, d.log()
         serve.stop()
+
+
+def test_publish_never_writes_outside_the_channel(vectors: Path, bundle: Path,
+                                                  tmp_path: Path) -> None:
+    """`publish --dir` names the file after the bundle's id, read before any signature check:
+    an id of `../../escaped` wrote `escaped.bundle` beside the channel directory. A manifest
+    that does not follow the schema is now refused before any path is built from it."""
+    import io
+    import tarfile
+
+    from brain_cloud.push import manifest_of
+
+    manifest = manifest_of(bundle)
+    crafted = tmp_path / "crafted.bundle"
+    with tarfile.open(crafted, "w") as tar:
+        data = json.dumps({**manifest, "bundle_id": "../../escaped"}).encode()
+        info = tarfile.TarInfo("edge_manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    channel = tmp_path / "site" / "stable"
+    r = subprocess.run([sys.executable, "-m", "brain_cloud", "publish", str(crafted), "--dir",
+                        str(channel), "--key", str(vectors / "dev.key")], env=env(),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "bundle_id" in r.stderr, r.stderr
+    assert not list(tmp_path.rglob("escaped*")), list(tmp_path.rglob("escaped*"))

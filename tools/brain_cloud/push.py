@@ -154,17 +154,19 @@ def resolve(which: str, url: str = "") -> dict[str, Any]:
 
 
 def manifest_of(bundle: Path) -> dict[str, Any]:
-    """A bundle's manifest (the tar's first member), read but not verified: the robot
-    verifies. Enough to name and route the bundle."""
+    """A bundle's manifest (the tar's first member), its signature not checked (the robot
+    verifies) but its shape is: the id names files (`publish` writes `bundles/<id>.bundle`),
+    so an id such as `../../x` must never get that far."""
     import tarfile
+
+    from brain.ota.schema import validate_manifest
 
     try:
         with tarfile.open(bundle) as tar:
             member = tar.next()
             fh = tar.extractfile(member) if member is not None else None
             manifest = json.loads(fh.read() if fh else b"{}")
-        str(manifest["bundle_id"])
-        int(manifest["release"])
+        validate_manifest(manifest)
         return dict(manifest)
     except (OSError, tarfile.TarError, ValueError, KeyError, TypeError) as e:
         raise PushError(f"{bundle}: not a bundle ({e})") from None

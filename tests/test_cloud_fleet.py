@@ -367,3 +367,72 @@ def test_publish_never_writes_outside_the_channel(vectors: Path, bundle: Path,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "bundle_id" in r.stderr, r.stderr
     assert not list(tmp_path.rglob("escaped*")), list(tmp_path.rglob("escaped*"))
+
+
+def test_a_quiet_channel_is_re_signed_before_it_expires(vectors: Path, bundle: Path,
+                                                         tmp_path: Path) -> None:
+    """Nothing re-signed a channel document, so after a quiet week every robot refused its
+    channel. The clock is moved: the document is re-signed once less than half of its
+    lifetime is left, unchanged but for its seq, issue and expiry, and still verifies when
+    the first one has expired."""
+    from brain_cloud.fleet import DOC_LIFETIME_S, Rollout
+
+    day = 86400.0
+    now = [1_900_000_000.0]
+    rollout = Rollout(tmp_path / "stable", vectors / "dev.key", clock=lambda: now[0])
+    rollout.publish(bundle)
+    doc_file = tmp_path / "stable" / "channel.json"
+    first, first_sig = doc_file.read_bytes(), (tmp_path / "stable" / "channel.json.sig"
+                                               ).read_bytes()
+    ring = keyfiles.Keyring.load(trusted_dir(vectors, tmp_path / "keys"))
+    now[0] += 3 * day
+    assert not rollout.refresh_if_due() and doc_file.read_bytes() == first
+    now[0] += 1 * day  # 4 days in: 3 of 7 left
+    assert rollout.refresh_if_due()
+    second = doc_file.read_bytes()
+    sig = (tmp_path / "stable" / "channel.json.sig").read_bytes()
+    later = now[0] + DOC_LIFETIME_S - 4 * day + day  # past the first document's expiry
+    with pytest.raises(ChannelError, match="expired"):
+        verify_document(first, first_sig, ring, now=later)
+    doc = verify_document(second, sig, ring, now=later, channel="stable")
+    old = json.loads(first)
+    assert doc["seq"] == old["seq"] + 1
+    assert {k: v for k, v in doc.items() if k not in ("seq", "issued", "expires")} == \
+        {k: v for k, v in old.items() if k not in ("seq", "issued", "expires")}
+
+
+def test_serve_re_signs_its_channels_on_its_own(vectors: Path, tmp_path: Path) -> None:
+    """serve's own loop, with a 4 s document lifetime checked every 0.5 s: the document it
+    serves gets a new seq, and it verifies, without anyone publishing."""
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "brain_cloud", "serve", "--root", str(tmp_path / "serve"),
+         "--key", str(vectors / "dev.key"), "--port", str(port), "--token", TOKEN,
+         "--doc-lifetime", "4", "--refresh-every", "0.5"], env=env(), stdout=log,
+        stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/channels/stable/channel.json"
+    ring = keyfiles.Keyring.load(trusted_dir(vectors, tmp_path / "keys"))
+
+    def served() -> dict[str, Any] | None:
+        try:
+            raw, sig = httpx.get(url, timeout=2), httpx.get(url + ".sig", timeout=2)
+        except httpx.TransportError:
+            return None
+        if raw.status_code != 200 or sig.status_code != 200:
+            return None
+        try:
+            return verify_document(raw.content, sig.content, ring, channel="stable")
+        except ChannelError:
+            return None  # a signature and a document read across a re-signing
+
+    try:
+        first = wait_until(served, lambda d: d is not None, timeout=30, what="serve")
+        assert first is not None
+        again = wait_until(served, lambda d: d is not None and d["seq"] > first["seq"],
+                           timeout=30, interval=0.3, what="the document to be re-signed")
+        assert again is not None and again["bundle"] == first["bundle"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()

@@ -227,8 +227,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     public = args.public_url or f"http://{args.host}:{args.port}"
     args.channel = args.channel or ["stable"]
+    if not args.doc_lifetime > 0 or not args.refresh_every > 0:
+        return _fail("--doc-lifetime and --refresh-every must be positive", EXIT_USAGE)
     cfg = ServeConfig(root=args.root, key=args.key, public_url=public.rstrip("/"),
-                      cycle_args=shlex.split(args.cycle_args), channel_names=args.channel)
+                      cycle_args=shlex.split(args.cycle_args), channel_names=args.channel,
+                      doc_lifetime_s=args.doc_lifetime, refresh_every_s=args.refresh_every)
     if args.token:
         cfg.token = args.token
     run(cfg, args.host, args.port)
@@ -271,6 +274,25 @@ def cmd_publish(args: argparse.Namespace) -> int:
         doc = r.json()
     _print(args, doc, f"channel {doc['channel']} seq {doc['seq']}: {doc['bundle']['id']} at "
                       f"{doc['rollout']['percent']}%")
+    return 0
+
+
+def cmd_channel(args: argparse.Namespace) -> int:
+    """`channel refresh`: re-sign a static channel once less than half of its document's
+    lifetime is left (run it daily from a timer; serve does this itself)."""
+    from brain_cloud.fleet import FleetError, Rollout
+
+    if not (args.dir / "channel.json").is_file():
+        return _fail(f"{args.dir}: no channel.json (publish --dir makes one)", EXIT_USAGE)
+    try:
+        r = Rollout(args.dir, args.key)
+        done = r.refresh_if_due()
+    except (FleetError, OSError, ValueError) as e:
+        return _fail(str(e), EXIT_USAGE)
+    doc = json.loads((args.dir / "channel.json").read_text())
+    _print(args, {"refreshed": done, "seq": doc["seq"], "expires": doc["expires"]},
+           f"channel {doc['channel']}: {'re-signed' if done else 'still fresh'}, seq "
+           f"{doc['seq']}, expires {doc['expires']}")
     return 0
 
 
@@ -400,7 +422,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="channels to open at start (repeatable; default: stable)")
     s.add_argument("--cycle-args", default="", help="arguments of the page's full cycle, "
                    "e.g. \"export/ --provider runpod --key publisher.key\"")
+    s.add_argument("--doc-lifetime", type=float, default=7 * 86400, metavar="S",
+                   help="seconds a signed channel document is valid (default 7 days); it is "
+                        "re-signed once half of that is left")
+    s.add_argument("--refresh-every", type=float, default=3600, metavar="S",
+                   help="seconds between checks for documents to re-sign (default 3600)")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("channel", help="a static host's channel: re-sign it before it expires")
+    s.add_argument("action", choices=["refresh"])
+    s.add_argument("--dir", required=True, type=Path, help="the channel directory")
+    s.add_argument("--key", required=True, type=Path, help="the publisher key")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_channel)
 
     s = sub.add_parser("publish", help="offer a bundle on a channel, in stages")
     s.add_argument("bundle", type=Path)

@@ -6,6 +6,12 @@ stages, the failure threshold, and what each robot last reported. `brain-cloud s
 robots' reports to `Rollout.report`, which advances the stage when every robot in it has
 committed the bundle and halts the rollout, telling the robots to roll back, when the share of
 failures among the robots that tried it reaches the threshold.
+
+A signed document expires (`lifetime_s`, 7 days by default) so that a stale one cannot be
+replayed forever; so it is re-signed, unchanged but with a new seq, once less than half its
+lifetime is left (`refresh_if_due`): `brain-cloud serve` checks every channel every
+`--refresh-every` seconds, and a static host runs `brain-cloud channel refresh --dir` from a
+timer (docs/cloud.md). A robot that polled a quiet channel for a week would otherwise refuse it.
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from brain.durable import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from brain.ota import keys as keyfiles
-from brain.ota.bundle import utc
+from brain.ota.bundle import parse_utc, utc
 from brain.ota.channel import SIGNATURE_SUFFIX, bucket
 from brain_cloud.push import PushError, manifest_of
 
@@ -39,8 +46,14 @@ class FleetError(ValueError):
 class Rollout:
     """One channel directory and its rollout record; every change re-signs the document."""
 
-    def __init__(self, directory: Path, key: Path, *, report_url: str = "") -> None:
+    def __init__(self, directory: Path, key: Path, *, report_url: str = "",
+                 lifetime_s: float = DOC_LIFETIME_S,
+                 clock: Callable[[], float] = time.time) -> None:
+        if not lifetime_s > 0:
+            raise FleetError(f"a document's lifetime must be positive, got {lifetime_s}")
         self.dir = Path(directory)
+        self.lifetime_s = lifetime_s
+        self.clock = clock
         self.name = self.dir.name
         self.private = keyfiles.load_private(key)
         self.key_id = keyfiles.key_id(self.private.public_key())
@@ -117,10 +130,10 @@ class Rollout:
         return int(self.record["stages"][self.record["stage"]]) if self.record["bundle"] else 0
 
     def document(self) -> dict[str, Any]:
-        now = time.time()
+        now = self.clock()
         doc: dict[str, Any] = {
             "format": 1, "channel": self.name, "seq": self.record["seq"], "issued": utc(now),
-            "expires": utc(now + DOC_LIFETIME_S), "key_id": self.key_id,
+            "expires": utc(now + self.lifetime_s), "key_id": self.key_id,
             "bundle": self.record["bundle"],
             "rollout": {"percent": self.percent(), "halt": bool(self.record["halted"]),
                         "rollback": bool(self.record["rollback"])}}
@@ -132,16 +145,23 @@ class Rollout:
         """Raise seq, write and sign the document (signature first: a robot that reads the new
         document with the old signature refuses it and tries again at its next poll)."""
         self.record["seq"] += 1
-        raw = json.dumps(self.document(), indent=2, sort_keys=True).encode() + b"\n"
+        doc = self.document()
+        self.record["expires_at"] = parse_utc(doc["expires"])
+        raw = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.dir / (DOC + SIGNATURE_SUFFIX), keyfiles.sign(self.private, raw))
         atomic_write_bytes(self.dir / DOC, raw)
         atomic_write_json(self.dir / RECORD, self.record)
 
-    def refresh(self) -> None:
-        """Re-sign the document before it expires (serve does this daily)."""
+    def refresh_if_due(self) -> bool:
+        """Re-sign the document, unchanged but with a new seq, once less than half its
+        lifetime is left (or it has none on record). True when it did."""
         with self._lock:
+            left = float(self.record.get("expires_at", 0)) - self.clock()
+            if left >= self.lifetime_s / 2:
+                return False
             self._write()
+        return True
 
     # -- the robots' reports ----------------------------------------------------------------------
     def report(self, body: dict[str, Any]) -> dict[str, Any]:

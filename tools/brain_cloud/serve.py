@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import secrets
 import shlex
@@ -41,7 +42,9 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from brain_cloud.cycle import SUMMARY, new_run_id
-from brain_cloud.fleet import FleetError, Rollout
+from brain_cloud.fleet import DOC_LIFETIME_S, FleetError, Rollout
+
+log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
@@ -59,6 +62,8 @@ class ServeConfig:
     token: str = field(default_factory=lambda: secrets.token_hex(24))
     cycle_args: list[str] = field(default_factory=list)
     channel_names: list[str] = field(default_factory=lambda: ["stable"])
+    doc_lifetime_s: float = DOC_LIFETIME_S  # how long a signed channel document is valid
+    refresh_every_s: float = 3600.0  # how often every channel is checked for re-signing
 
     @property
     def channels(self) -> Path:
@@ -89,7 +94,8 @@ class Server:
             if name not in self.rollouts:
                 self.rollouts[name] = Rollout(
                     self.cfg.channels / name, self.cfg.key,
-                    report_url=f"{self.cfg.public_url}/channels/{name}/report")
+                    report_url=f"{self.cfg.public_url}/channels/{name}/report",
+                    lifetime_s=self.cfg.doc_lifetime_s)
             return self.rollouts[name]
 
     def runs(self) -> list[dict[str, Any]]:
@@ -123,6 +129,18 @@ class Server:
     def cycle_running(self) -> bool:
         return self.cycle is not None and self.cycle.poll() is None
 
+    def keep_documents_fresh(self, stop: threading.Event) -> None:
+        """Re-sign every channel's document before it expires, until `stop`."""
+        while not stop.wait(self.cfg.refresh_every_s):
+            with self._lock:
+                rollouts = list(self.rollouts.values())
+            for r in rollouts:
+                try:
+                    if r.refresh_if_due():
+                        log.info("channel %s re-signed (seq %d)", r.name, r.record["seq"])
+                except OSError as e:  # the next round tries again; say why meanwhile
+                    log.warning("channel %s: cannot re-sign: %s", r.name, e)
+
     def stop(self) -> None:
         if self.cycle_running():
             assert self.cycle is not None
@@ -138,7 +156,12 @@ def make_app(cfg: ServeConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        fresh = threading.Thread(target=server.keep_documents_fresh, args=(stop,),
+                                 name="channel-refresh", daemon=True)
+        fresh.start()
         yield
+        stop.set()
         server.stop()  # a running cycle terminates its machine and writes its summary
 
     app = FastAPI(title="brain-cloud serve", docs_url=None, redoc_url=None, lifespan=lifespan)

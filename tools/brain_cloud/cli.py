@@ -135,7 +135,7 @@ def cmd_pair(args: argparse.Namespace) -> int:
 
     try:
         entry = pair(args.robot, args.code, url=args.url, fingerprint=args.fingerprint,
-                     log=_progress(args))
+                     allow_plain_http=args.allow_plain_http, log=_progress(args))
     except (PushError, OSError) as e:
         return _fail(str(e))
     _print(args, entry, "")
@@ -147,7 +147,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
     try:
         out = push(args.bundle, args.robot, url=args.url, timeout=args.timeout,
-                   log=_progress(args))
+                   allow_plain_http=args.allow_plain_http, log=_progress(args))
     except (PushError, OSError) as e:
         return _fail(str(e))
     _print(args, out, f"{out['bundle_id']} on {out['robot']}: {out['final']}")
@@ -364,8 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("robot", help="its name or id as mDNS shows it")
     s.add_argument("--code", required=True)
     s.add_argument("--url", default="", help="skip mDNS: https://HOST:PORT")
-    s.add_argument("--fingerprint", default="", help="with --url: SHA-256 of the certificate "
-                   "to pin (the `fp` that `brain discover --json` lists)")
+    s.add_argument("--fingerprint", default="", help="the TLS fingerprint `brain pair` prints "
+                   "on the robot (64 hex digits or at least the first 16): the certificate "
+                   "to pin; needed for HTTPS")
+    s.add_argument("--allow-plain-http", action="store_true",
+                   help="allow an http:// URL on this machine's loopback (a robot with TLS off)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_pair)
 
@@ -374,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--robot", required=True)
     s.add_argument("--url", default="")
     s.add_argument("--timeout", type=float, default=300.0)
+    s.add_argument("--allow-plain-http", action="store_true",
+                   help="allow an http:// URL on this machine's loopback (a robot paired that "
+                        "way, with TLS off)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_push)
 

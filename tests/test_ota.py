@@ -365,18 +365,64 @@ def test_gc_waits_for_a_running_install(tmp_path: Path) -> None:
         release = threading.Event()
 
         def install_in_progress() -> None:
-            with ota._lock:  # as install() holds it from verification to the staged commit
+            with ota._installing:  # as install() holds it, verification to staged commit
                 held.set()
                 release.wait(10)
 
         t = threading.Thread(target=install_in_progress)
         t.start()
         held.wait(5)
-        with pytest.raises(OtaError, match="install or rollback is running"):
+        with pytest.raises(OtaError, match="an install is running"):
             ota.gc()
         assert staging.is_dir()
+        # A rollback never waits behind an install's verification (it only takes the short
+        # state lock): here it answers at once that there is nothing to roll back to.
+        with pytest.raises(OtaError, match="nothing to roll back to"):
+            ota.rollback()
         release.set()
         t.join(5)
         assert "being-staged" in ota.gc()["removed"]
     finally:
         svc.close()
+
+
+PAX_BOMB_CHILD = r'''
+import io, sys, tarfile, tempfile
+from pathlib import Path
+from brain.ota import keys
+from brain.ota.bundle import BundleError, BundleVerifier, Expectations
+
+run = b"1" * int(sys.argv[2])  # digits where a pax record's length should end
+pax = tarfile.TarInfo("././@PaxHeader")
+pax.type, pax.size = tarfile.XHDTYPE, len(run)
+manifest = tarfile.TarInfo("edge_manifest.json")
+manifest.size = 2
+data = (pax.tobuf(format=tarfile.USTAR_FORMAT) + run + b"\0" * (-len(run) % 512)
+        + manifest.tobuf(format=tarfile.USTAR_FORMAT) + b"{}" + b"\0" * 510 + b"\0" * 1024)
+bundle = Path(sys.argv[1])
+bundle.write_bytes(data)
+pub = keys.load_public(Path(sys.argv[3]))
+verifier = BundleVerifier(keys.Keyring({keys.key_id(pub): pub}, {}), bundle.parent / "store",
+                          bundle.parent / "staging")
+try:
+    verifier.stage(bundle, Expectations(profile="sim", robot_id="r", release_floor=0,
+                                        max_bundle_bytes=64 << 20))
+except BundleError as e:
+    print("refused", e.reason, e.detail)
+'''
+
+
+def test_a_pax_bomb_is_refused_before_tarfile_reads_it(vectors, tmp_path: Path) -> None:
+    """CVE-2024-6232: tarfile's pax parsing is quadratic in a record's length on Python
+    3.11.7, and it ran before the signature was checked (32,000 digits cost ~1 s, 400,000 cost
+    minutes, with OTA locked meanwhile). The signed head is now read from two plain ustar
+    headers by hand, so the bomb is refused at its first header."""
+    import sys
+
+    out, _doc = vectors
+    (tmp_path / "store").mkdir()
+    r = subprocess.run([sys.executable, "-c", PAX_BOMB_CHILD, str(tmp_path / "bomb.bundle"),
+                        "400000", str(out / "dev.pub")], capture_output=True, text=True,
+                       timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("refused unexpected-member"), r.stdout

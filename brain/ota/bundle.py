@@ -7,9 +7,13 @@ written to a staging directory while it is hashed, checked against its manifest 
 and the whole directory renamed into the immutable store. Every refusal is a `BundleError`
 with a reason name from SPEC.md section 4.
 
-Tar headers are parsed by `tarfile` (pax, GNU long names and the rest), but member data is read
-with `os.pread` at the offsets it reports, never extracted by tarfile: only regular files
-reach the disk, under the names the manifest gave, hashed on the way.
+Before the signature is checked, nothing parses more than two fixed 512-byte ustar headers
+(`_plain_header`: a checksum, a NUL-terminated name, an octal size; no pax or GNU extension
+record is accepted there). `tarfile`'s parser, whose pax-header handling costs time that grows
+with the square of a record's length on some Pythons (CVE-2024-6232), sees only bundles whose
+manifest a trusted key signed. After that, tar headers are parsed by `tarfile`, but member data
+is read with `os.pread` at the offsets it reports, never extracted by tarfile: only regular
+files reach the disk, under the names the manifest gave, hashed on the way.
 """
 
 from __future__ import annotations
@@ -305,13 +309,17 @@ class BundleVerifier:
                               "allowed (ota.max_bundle_bytes)")
         fd = os.open(bundle, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            # The signed head first, by hand: tarfile sees only a bundle a trusted key signed.
+            manifest_bytes, signature = _signed_head(fd, size)
+            manifest = self._verified_manifest(manifest_bytes, signature)
             with os.fdopen(os.dup(fd), "rb") as fh:
                 try:
                     tar = tarfile.open(fileobj=fh, mode="r:")
                 except tarfile.TarError as e:
                     raise BundleError("not-a-bundle", f"not an uncompressed tar ({e})") from None
                 with tar:
-                    return self._stage(tar, fd, size, want)
+                    return self._stage(tar, fd, size, want, manifest, manifest_bytes,
+                                       signature)
         finally:
             os.close(fd)
 
@@ -321,32 +329,13 @@ class BundleVerifier:
         except tarfile.TarError as e:
             raise BundleError("truncated", f"unreadable tar header ({e})") from None
 
-    def _read_member(self, fd: int, member: tarfile.TarInfo, limit: int, what: str) -> bytes:
-        if member.size > limit:
-            raise BundleError("too-large", f"{what} is {member.size} bytes (limit {limit})")
-        data = os.pread(fd, member.size, member.offset_data)
-        if len(data) != member.size:
-            raise BundleError("truncated", f"{what} is cut short")
-        return data
-
-    def _stage(self, tar: tarfile.TarFile, fd: int, size: int,
-               want: Expectations) -> StagedBundle:
-        first = self._next(tar)
-        if first is None or first.name != MANIFEST:
-            raise BundleError("unexpected-member", f"the first member must be {MANIFEST}, not "
-                              f"{first.name if first else 'nothing'!r}")
-        _check_member(first)
-        manifest_bytes = self._read_member(fd, first, MAX_MANIFEST_BYTES, MANIFEST)
-        sig = self._next(tar)
-        if sig is None:
-            raise BundleError("truncated", f"no {SIGNATURE} after the manifest")
-        if sig.name != SIGNATURE:
-            raise BundleError("unexpected-member", f"the second member must be {SIGNATURE}")
-        _check_member(sig)
-        if sig.size != SIGNATURE_BYTES:
-            raise BundleError("signature", f"{SIGNATURE} is {sig.size} bytes, not 64")
-        signature = self._read_member(fd, sig, SIGNATURE_BYTES, SIGNATURE)
-        manifest = self._verified_manifest(manifest_bytes, signature)
+    def _stage(self, tar: tarfile.TarFile, fd: int, size: int, want: Expectations,
+               manifest: dict[str, Any], manifest_bytes: bytes,
+               signature: bytes) -> StagedBundle:
+        for name in (MANIFEST, SIGNATURE):  # tarfile takes over from here, past the head
+            member = self._next(tar)
+            if member is None or member.name != name:
+                raise BundleError("unexpected-member", f"{name} read twice differently")
         check_policy(manifest, want)
         expected = {e["path"]: e for e in manifest["files"]}
         existing = self.store / manifest["bundle_id"]
@@ -458,6 +447,63 @@ def verify_stored(directory: str) -> None:
         if not p.is_file() or p.stat().st_size != entry["size"] or \
                 sha256_file(p) != entry["sha256"]:
             raise BundleError("hash-mismatch", f"{d.name}/{entry['path']} changed in the store")
+
+
+def _signed_head(fd: int, size: int) -> tuple[bytes, bytes]:
+    """(manifest bytes, signature): the first two members, read with `_plain_header` only."""
+    name, msize, at = _plain_header(fd, 0, size)
+    if name != MANIFEST:
+        raise BundleError("unexpected-member", f"the first member must be {MANIFEST}, not "
+                          f"{name!r}")
+    if msize > MAX_MANIFEST_BYTES:
+        raise BundleError("too-large", f"{MANIFEST} is {msize} bytes (limit "
+                          f"{MAX_MANIFEST_BYTES})")
+    manifest = _pread_exact(fd, msize, at, MANIFEST)
+    name, ssize, sat = _plain_header(fd, at + _blocks(msize), size)
+    if name != SIGNATURE:
+        raise BundleError("unexpected-member", f"the second member must be {SIGNATURE}")
+    if ssize != SIGNATURE_BYTES:
+        raise BundleError("signature", f"{SIGNATURE} is {ssize} bytes, not 64")
+    return manifest, _pread_exact(fd, ssize, sat, SIGNATURE)
+
+
+def _blocks(n: int) -> int:
+    return (n + 511) // 512 * 512
+
+
+def _pread_exact(fd: int, n: int, offset: int, what: str) -> bytes:
+    data = os.pread(fd, n, offset)
+    if len(data) != n:
+        raise BundleError("truncated", f"{what} is cut short")
+    return data
+
+
+def _plain_header(fd: int, offset: int, size: int) -> tuple[str, int, int]:
+    """(name, size, data offset) of the plain ustar header at `offset`: constant work, and
+    nothing but a regular file with a short name is accepted (no pax, no GNU long names)."""
+    block = os.pread(fd, 512, offset) if offset + 512 <= size else b""
+    if len(block) != 512:
+        raise BundleError("truncated", "a tar header is cut short")
+    stored = block[148:156].split(b"\0")[0].strip(b" ")
+    expected = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
+    try:
+        if int(stored or b"x", 8) != expected:
+            raise ValueError
+    except ValueError:
+        raise BundleError("not-a-bundle", "not a tar header (bad checksum)") from None
+    if block[257:263] not in (b"ustar\0", b"ustar "):
+        raise BundleError("not-a-bundle", "not a ustar header")
+    if block[156:157] not in (b"0", b"\0"):
+        raise BundleError("unexpected-member", f"member type {block[156:157]!r} before the "
+                          "signature is checked (only plain files may come first)")
+    if block[345:500].strip(b"\0"):
+        raise BundleError("unsafe-path", "a name prefix before the signature is checked")
+    try:
+        name = block[:100].split(b"\0")[0].decode("ascii")
+        length = int(block[124:136].split(b"\0")[0].strip(b" ") or b"0", 8)
+    except (UnicodeDecodeError, ValueError):
+        raise BundleError("not-a-bundle", "unreadable name or size in a tar header") from None
+    return name, length, offset + 512
 
 
 def _check_member(member: tarfile.TarInfo) -> None:

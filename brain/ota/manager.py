@@ -85,7 +85,11 @@ class OtaManager:
         self.base_limits = loop.limits  # the configured limits; a bundle may only tighten them
         self.kill_at = kill_at
         self.state = SlotState(self.paths, self._hook)
-        self._lock = threading.Lock()  # one install or rollback at a time
+        # `_lock` guards changes of the slot state and is only ever held briefly; `_installing`
+        # is held for a whole install (verification can take minutes), so a rollback never
+        # waits behind one, and only one install runs at a time.
+        self._lock = threading.Lock()
+        self._installing = threading.Lock()
         self._trial: threading.Thread | None = None
         self._abort = threading.Event()
         self._commit_early = threading.Event()
@@ -233,8 +237,8 @@ class OtaManager:
     def install(self, bundle: Path) -> dict[str, Any]:
         """Verify and stage `bundle`, then start its trial on the manager's thread. Returns the
         status once the trial has begun. BundleError (nothing changed) when refused."""
-        if not self._lock.acquire(blocking=False):
-            raise OtaError("another install or rollback is running; try again when it is done")
+        if not self._installing.acquire(blocking=False):
+            raise OtaError("another install is running; try again when it is done")
         try:
             if self.state["phase"] in ("staged", "trial"):
                 raise OtaError(f"bundle {self.state['candidate']['bundle_id']} is in its "
@@ -251,23 +255,26 @@ class OtaManager:
             except BundleError as e:
                 log.warning("bundle refused: %s", e)
                 self._note("refused", e.reason, e.detail)
-                self.state.commit("refused", str(e), last_error={
-                    "reason": e.reason, "detail": e.detail, "bundle_id": None})
+                with self._lock:
+                    self.state.commit("refused", str(e), last_error={
+                        "reason": e.reason, "detail": e.detail, "bundle_id": None})
                 raise
-            if staged.bundle_id == self.state["active"]["bundle_id"]:
-                raise OtaError(f"{staged.bundle_id} is already the active bundle")
-            self.state.commit("staged", staged.bundle_id, phase="staged",
-                              candidate=slot(staged.manifest),
-                              attempts_left=self.cfg.ota.attempts, last_error=None)
-            self._note("staged", "", staged.bundle_id)
-            self._abort.clear()
-            self._commit_early.clear()
-            self._trial = threading.Thread(target=self._run_trial, args=(staged.bundle_id,),
-                                           name="ota-trial", daemon=True)
-            self._trial.start()
+            with self._lock:  # a rollback may have run meanwhile: decide on the state now
+                if staged.bundle_id == self.state["active"]["bundle_id"]:
+                    raise OtaError(f"{staged.bundle_id} is already the active bundle")
+                self.state.commit("staged", staged.bundle_id, phase="staged",
+                                  candidate=slot(staged.manifest),
+                                  attempts_left=self.cfg.ota.attempts, last_error=None)
+                self._note("staged", "", staged.bundle_id)
+                self._abort.clear()
+                self._commit_early.clear()
+                self._trial = threading.Thread(target=self._run_trial,
+                                               args=(staged.bundle_id,), name="ota-trial",
+                                               daemon=True)
+                self._trial.start()
             return self.status()
         finally:
-            self._lock.release()
+            self._installing.release()
 
     def download(self, url: str) -> Path:
         """Fetch a bundle over HTTP(S) into model/downloads/, resuming a partial download
@@ -482,10 +489,10 @@ class OtaManager:
 
     def gc(self) -> dict[str, Any]:
         """Remove stored bundles that are not active, LKG, previous, candidate or factory, and
-        downloads. Refused while an install or rollback runs: the bundle being staged is in
-        the store before the state names it, and its download may still be read."""
-        if not self._lock.acquire(blocking=False):
-            raise OtaError("an install or rollback is running; collect garbage when it is done")
+        downloads. Refused while an install runs: the bundle being staged is in the store
+        before the state names it, and its download may still be read."""
+        if not self._installing.acquire(blocking=False):
+            raise OtaError("an install is running; collect garbage when it is done")
         try:
             st = self.state
             keep = {ref["bundle_id"] for ref in (st["active"], st["lkg"],
@@ -502,7 +509,7 @@ class OtaManager:
             fsync_dir(self.paths.store)
             return {"removed": removed}
         finally:
-            self._lock.release()
+            self._installing.release()
 
     # -- reporting ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

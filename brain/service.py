@@ -527,6 +527,7 @@ class RobotService:
         if caller.remote and not remote_url:
             raise Invalid("over the API a bundle comes as an upload (POST /api/v1/ota) or "
                           "an http(s) URL, not a path on the robot")
+        path: Path | None = None
         try:
             path = ota.download(args.source) if remote_url else Path(args.source)
             return ota.install(path)
@@ -536,6 +537,9 @@ class RobotService:
             raise Refused(str(e)) from None
         except OSError as e:
             raise Refused(f"cannot read the bundle: {e.strerror or e}") from None
+        finally:
+            if remote_url and path is not None:  # the store has what it needs, or nothing
+                path.unlink(missing_ok=True)
 
     def ota_upload(self, path: Path) -> dict[str, Any]:
         """A bundle a paired client uploaded (the API spooled it to `path`)."""

@@ -426,3 +426,76 @@ def test_a_pax_bomb_is_refused_before_tarfile_reads_it(vectors, tmp_path: Path) 
                        timeout=60, cwd=Path(__file__).resolve().parent.parent)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith("refused unexpected-member"), r.stdout
+
+
+class Scripted(http.server.ThreadingHTTPServer):
+    """Answers every GET with (status, headers, body) from `answer(path)`; notes each path."""
+
+    def __init__(self, answer: Any) -> None:
+        self.paths: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None: ...
+
+            def do_GET(self) -> None:  # noqa: N802
+                outer.paths.append(self.path)
+                status, headers, body = answer(self.path)
+                self.send_response(status)
+                for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def test_url_installs_stay_on_their_origin_say_nothing_of_the_network_and_leave_nothing(
+        tmp_path: Path) -> None:
+    """A paired client's URL install once followed redirects to any host and port, told an
+    open port from a closed one by its error text, and left every download on the disk."""
+    import re
+
+    from brain.commands import LOCAL, CommandError
+    from tests.api_support.light_service import LightService
+
+    inner = Scripted(lambda path: (200, {}, b"secret internal page"))
+    outer = Scripted(lambda path: (302, {"Location": f"{inner.url}/admin"}, b"")
+                     if path == "/hop" else (404, {}, b"no") if path == "/missing" else
+                     (200, {}, b"not a bundle at all" * 100))
+    closed = Scripted(lambda path: (200, {}, b""))
+    closed_url = closed.url
+    closed.close()
+    svc = LightService(tmp_path / "state", with_ota=True)
+    try:
+        def install(url: str) -> str:
+            with pytest.raises(CommandError) as e:
+                svc.service.commands.call("ota.install", {"source": url}, LOCAL)
+            return str(e.value)
+
+        said = install(f"{outer.url}/hop")
+        assert inner.paths == [], "followed a redirect to another origin"
+        texts = {re.sub(r"from \S+;", "from URL;", text) for text in (
+            said, install(f"{outer.url}/missing"), install(f"{closed_url}/x.bundle"))}
+        assert len(texts) == 1, texts  # 404, a closed port, a foreign redirect: the same words
+        rejected = install(f"{outer.url}/junk.bundle")  # downloaded, then refused
+        assert "not-a-bundle" in rejected or "bundle" in rejected
+        downloads = svc.cfg.layout.model / "downloads"
+        assert not [p for p in downloads.iterdir() if p.suffix == ".bundle"]
+        ota = svc.ota
+        assert ota is not None
+        with ota.transfer():  # an upload in progress: a second transfer waits its turn
+            assert "another bundle upload or download" in install(f"{outer.url}/junk.bundle")
+    finally:
+        svc.close()
+        inner.close()
+        outer.close()

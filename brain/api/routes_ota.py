@@ -39,25 +39,32 @@ def upload_router(max_bytes: int) -> APIRouter:
     async def ota_upload(request: Request, client: str = Depends(require_client)) -> Any:
         """Upload a signed bundle as the request body; verified, staged and trialled like
         `ota.install`. Poll GET /api/v1/ota for the trial's outcome."""
+        from brain.ota.manager import OtaError
+
         svc = ctx_of(request).service
+        assert svc.ota is not None  # this router is mounted only with OTA on
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             return too_large(max_bytes)
-        spool = svc.cfg.layout.model / "downloads"
-        spool.mkdir(parents=True, exist_ok=True)
-        path = spool / f"upload-{os.urandom(6).hex()}.part"
-        received = 0
+        expected = int(declared) if declared is not None and declared.isdigit() else None
         try:
-            with open(path, "wb") as fh:
-                async for chunk in request.stream():
-                    received += len(chunk)
-                    if received > max_bytes:
-                        path.unlink()
-                        return too_large(max_bytes)
-                    fh.write(chunk)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
+            with svc.ota.transfer(expected):  # one at a time, with room on the disk
+                path = svc.cfg.layout.model / "downloads" / f"upload-{os.urandom(6).hex()}.part"
+                received = 0
+                try:
+                    with open(path, "wb") as fh:
+                        async for chunk in request.stream():
+                            received += len(chunk)
+                            if received > max_bytes:
+                                path.unlink()
+                                return too_large(max_bytes)
+                            fh.write(chunk)
+                except BaseException:
+                    path.unlink(missing_ok=True)
+                    raise
+        except OtaError as e:
+            return JSONResponse({"detail": str(e), "kind": "refused"}, status_code=409,
+                                headers={"Connection": "close"})
         return await run_in_threadpool(svc.ota_upload, path)
 
     return router

@@ -14,6 +14,7 @@ the store and is never garbage-collected.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ import signal
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -60,6 +61,9 @@ T = TypeVar("T")
 FACTORY_PREFIX = "factory-"
 LATENCY_RUNS = 40
 KILL_AT_VAR = "BRAIN_TEST_OTA_KILL_AT"
+DOWNLOAD_DEADLINE_S = 1800.0  # a whole URL download (a slow link resumes on the next install)
+MAX_REDIRECTS = 5  # within the URL's own origin
+DISK_RESERVE_BYTES = 64 << 20  # left free below an upload or download
 
 
 class TrialFailed(Exception):
@@ -90,6 +94,7 @@ class OtaManager:
         # waits behind one, and only one install runs at a time.
         self._lock = threading.Lock()
         self._installing = threading.Lock()
+        self._transferring = threading.Lock()  # one bundle upload or download at a time
         self._trial: threading.Thread | None = None
         self._abort = threading.Event()
         self._commit_early = threading.Event()
@@ -276,38 +281,80 @@ class OtaManager:
         finally:
             self._installing.release()
 
+    @contextlib.contextmanager
+    def transfer(self, expected_bytes: int | None = None) -> Iterator[None]:
+        """One upload or download at a time, and only with room for it on the disk (the
+        bundle, or ota.max_bundle_bytes when its size is unknown, plus a reserve)."""
+        if not self._transferring.acquire(blocking=False):
+            raise OtaError("another bundle upload or download is running; try again when it "
+                           "is done")
+        try:
+            self.paths.downloads.mkdir(parents=True, exist_ok=True)
+            need = (expected_bytes or self.cfg.ota.max_bundle_bytes) + DISK_RESERVE_BYTES
+            free = shutil.disk_usage(self.paths.downloads).free
+            if free < need:
+                raise OtaError(f"not enough free disk for the bundle: {free >> 20} MiB free, "
+                               f"{need >> 20} MiB needed; free some space (old exports, "
+                               "episodes, `brain ota gc`)")
+            yield
+        finally:
+            self._transferring.release()
+
     def download(self, url: str) -> Path:
-        """Fetch a bundle over HTTP(S) into model/downloads/, resuming a partial download
-        (Range), refusing more than ota.max_bundle_bytes."""
+        """Fetch a bundle over HTTP(S) into model/downloads/, resuming a partial download of
+        the same URL (Range), refusing more than ota.max_bundle_bytes. Redirects are followed
+        within the URL's own origin only, the whole fetch has a deadline, and every failure
+        gets the same words (the details go to the log): a paired client cannot use the robot
+        to probe which hosts and ports answer on its network."""
         import httpx
 
-        self.paths.downloads.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha256(url.encode()).hexdigest()[:16]
         part = self.paths.downloads / f"{name}.part"
         done = self.paths.downloads / f"{name}.bundle"
         cap = self.cfg.ota.max_bundle_bytes
-        have = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
-        try:
-            with httpx.stream("GET", url, headers=headers, timeout=30,
-                              follow_redirects=True) as r:
-                if r.status_code == 416 and have:  # already complete
-                    pass
-                elif r.status_code == 206 and have:
-                    self._append(r, part, have, cap)
-                elif r.status_code == 200:
-                    self._append(r, part, 0, cap)
-                else:
-                    raise OtaError(f"download of {_safe_url(url)} answered {r.status_code}")
-        except httpx.HTTPError as e:
-            got = part.stat().st_size if part.exists() else 0
-            raise OtaError(f"download of {_safe_url(url)} interrupted after {got} bytes "
-                           f"({type(e).__name__}); install again to resume") from None
-        os.replace(part, done)
+        failed = OtaError(f"could not download a bundle from {_safe_url(url)}; check the URL, "
+                          "and install again to resume")
+        with self.transfer():
+            for old in self.paths.downloads.glob("*.part"):  # one partial download at most
+                if old != part:
+                    old.unlink(missing_ok=True)
+            have = part.stat().st_size if part.exists() else 0
+            deadline = time.monotonic() + DOWNLOAD_DEADLINE_S
+            target = url
+            try:
+                with httpx.Client(timeout=30, follow_redirects=False) as client:
+                    for _hop in range(MAX_REDIRECTS + 1):
+                        headers = {"Range": f"bytes={have}-"} if have else {}
+                        with client.stream("GET", target, headers=headers) as r:
+                            if r.is_redirect:
+                                nxt = urllib.parse.urljoin(target, r.headers.get("location", ""))
+                                if _origin(nxt) != _origin(url):
+                                    log.warning("download of %s: redirect to another origin "
+                                                "refused", _safe_url(url))
+                                    raise failed
+                                target = nxt
+                                continue
+                            if r.status_code == 416 and have:  # already complete
+                                break
+                            if r.status_code == 206 and have:
+                                self._append(r, part, have, cap, deadline)
+                            elif r.status_code == 200:
+                                self._append(r, part, 0, cap, deadline)
+                            else:
+                                log.warning("download of %s answered %d", _safe_url(target),
+                                            r.status_code)
+                                raise failed
+                            break
+                    else:
+                        raise failed
+            except httpx.HTTPError as e:
+                log.warning("download of %s: %s", _safe_url(url), type(e).__name__)
+                raise failed from None
+            os.replace(part, done)
         return done
 
     @staticmethod
-    def _append(r: Any, part: Path, have: int, cap: int) -> None:
+    def _append(r: Any, part: Path, have: int, cap: int, deadline: float) -> None:
         total = have
         with open(part, "ab" if have else "wb") as fh:
             for chunk in r.iter_bytes(64 << 10):  # on disk as it comes: a resume starts there
@@ -315,6 +362,9 @@ class OtaManager:
                 if total > cap:
                     raise BundleError("too-large", f"the download passed {cap} bytes "
                                       "(ota.max_bundle_bytes)")
+                if time.monotonic() > deadline:
+                    raise OtaError(f"the download took longer than {DOWNLOAD_DEADLINE_S:g} s; "
+                                   "install again to resume")
                 fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
@@ -549,6 +599,11 @@ class OtaManager:
                         "size": sum(e["size"] for e in m.get("files", [])),
                         "failed": json.loads(failed.read_text()) if failed.exists() else None})
         return {"bundles": out}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
 
 
 def _safe_url(url: str) -> str:

@@ -108,6 +108,7 @@ class Pairing:
         self._code: str | None = None
         self._code_expires = 0.0
         self._code_failures = 0
+        self._closed = False  # a code was retired and the owner has not asked for a new one
         self._retired: dict[bytes, float] = {}  # hash of a retired code -> when it would expire
         self._failures: dict[str, _Failures] = {}
         self._ticket_key = secrets.token_bytes(32)
@@ -169,6 +170,7 @@ class Pairing:
         self._code = f"{secrets.randbelow(1_000_000):06d}"
         self._code_expires = self.clock() + self.code_ttl_s
         self._code_failures = 0
+        self._closed = False
         return self._code, self._code_expires
 
     def pair(self, code: Any, client_name: Any, remote: str) -> str:
@@ -192,9 +194,10 @@ class Pairing:
                                       "attempts from the network; run `brain pair` on the "
                                       "robot for the new one")
                 self._fail(remote, fails, now)
-                if self._code is None:
-                    raise CodeRejected("pairing is closed; run `brain pair` on the robot for "
-                                       "a code")
+                if self._closed:
+                    raise CodeRejected("pairing is closed after too many wrong codes from "
+                                       "the network; run `brain pair` on the robot for a new "
+                                       "one")
                 raise CodeRejected("pairing code wrong or expired; get a new one with "
                                    "`brain pair` on the robot")
             token = secrets.token_urlsafe(32)
@@ -220,6 +223,7 @@ class Pairing:
                                                             now + self.code_ttl_s)
                 self.retired_codes += 1
                 self._code = None  # closed until the owner asks for a new code
+                self._closed = True
                 log.warning("pairing closed: the code was retired after %d wrong attempts "
                             "from the network; run `brain pair` on the robot for a new one",
                             self.failures_per_code)
